@@ -1,0 +1,24 @@
+// Operator schemas of the `kaleidoscope` library and the Python module stub that
+// loads them. Device implementations live in cpu/ (and, later, cuda/).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing fairseq_kaleidoscope._C runs the static TORCH_LIBRARY registrations below;
+// the module itself exposes nothing.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(kaleidoscope, m) {
+  // twiddle: (nstacks, nbutterflies, log2 n, n/2, 2, 2); input: (batch, nstacks, n);
+  // bias: (nstacks, n) or None. Returns (batch, nstacks, n), contiguous.
+  // Conventions: fairseq_kaleidoscope/kmatrix/reference.py.
+  m.def("butterfly_multiply(Tensor twiddle, Tensor input, Tensor? bias, bool increasing_stride) -> Tensor");
+  // Returns (grad_twiddle, grad_input). The bias gradient is grad.sum(0), left to the caller.
+  m.def(
+      "butterfly_multiply_backward(Tensor grad, Tensor twiddle, Tensor input, bool increasing_stride)"
+      " -> (Tensor, Tensor)");
+}

@@ -1,0 +1,122 @@
+"""``KaleidoscopeLinear``: a drop-in replacement for ``nn.Linear`` made of K-matrices."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .init import init_twiddle_
+from .ops import butterfly_multiply
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 << max(1, (n - 1).bit_length())
+
+
+class KaleidoscopeLinear(nn.Module):
+    """``y = x Wᵀ + b`` with ``W`` a stack of kaleidoscope matrices, in O(n log n).
+
+    Same call convention as :class:`torch.nn.Linear`: input ``(..., in_features)``,
+    output ``(..., out_features)``. There is no dense ``weight`` parameter;
+    :meth:`to_dense` returns the ``(out_features, in_features)`` matrix applied.
+
+    Shapes: the input is zero-padded to ``n``, the next power of two ``>= in_features``
+    (at least 2). ``nstacks = ceil(out_features / n)`` independent n×n K-matrices are
+    applied to it side by side and their outputs concatenated; the leading
+    ``out_features`` rows are kept. So ``W`` is the top-left ``out_features × in_features``
+    block of the ``(nstacks·n) × n`` matrix ``[K_1; K_2; ...]``.
+
+    Each K-matrix is a product of ``nblocks`` blocks ``B Bᵀ`` (B a butterfly with
+    log2(n) factors of n/2 learnable 2×2 matrices): ``4·n·log2(n)·nblocks`` parameters
+    and about ``6·n·log2(n)·nblocks`` flops per vector instead of ``2·n²``.
+
+    Args:
+        in_features, out_features, bias: as in ``nn.Linear``.
+        nblocks: number of ``B Bᵀ`` blocks per K-matrix.
+        init: ``"ortho"`` (random rotations/reflections: orthogonal K-matrices),
+            ``"identity"``, or ``"randn"`` (output variance matches ``nn.Linear``).
+
+    The twiddle parameter carries ``_optim = {"weight_decay": 0.0}``; see
+    :func:`fairseq_kaleidoscope.kmatrix.param_groups`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        nblocks: int = 1,
+        init: str = "ortho",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in_features and out_features must be >= 1, got {in_features} and {out_features}")
+        if nblocks < 1:
+            raise ValueError(f"nblocks must be >= 1, got {nblocks}")
+        self.in_features, self.out_features, self.nblocks, self.init = in_features, out_features, nblocks, init
+        self.n = next_power_of_two(in_features)
+        self.nstacks = -(-out_features // self.n)
+        log_n = self.n.bit_length() - 1
+        factory = {"device": device, "dtype": dtype}
+        self.twiddle = nn.Parameter(torch.empty(self.nstacks, 2 * nblocks, log_n, self.n // 2, 2, 2, **factory))
+        self.twiddle._optim = {"weight_decay": 0.0}
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init_twiddle_(self.twiddle, self.init, self.in_features)
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"KaleidoscopeLinear: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
+            )
+        if x.dtype != self.twiddle.dtype:
+            raise TypeError(
+                f"KaleidoscopeLinear: input dtype {x.dtype} differs from the layer's {self.twiddle.dtype} "
+                "(convert one with .to(dtype))"
+            )
+        if x.device != self.twiddle.device:
+            raise ValueError(f"KaleidoscopeLinear: input is on {x.device} but the layer is on {self.twiddle.device}")
+
+    def _apply(self, x: torch.Tensor, with_bias: bool) -> torch.Tensor:
+        n, nstacks, out = self.n, self.nstacks, self.out_features
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.in_features)
+        if n != self.in_features:
+            x = F.pad(x, (0, n - self.in_features))
+        bias = self.bias if with_bias else None
+        # Fuse the bias into the kernel when no output row is dropped.
+        fused = bias is not None and out == nstacks * n
+        y = butterfly_multiply(
+            self.twiddle, x.unsqueeze(1).expand(-1, nstacks, n), False, bias.view(nstacks, n) if fused else None
+        )
+        y = y.reshape(-1, nstacks * n)
+        if out != nstacks * n:
+            y = y[:, :out]
+        if bias is not None and not fused:
+            y = y + bias
+        return y.reshape(*lead, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self._apply(x, with_bias=True)
+
+    def to_dense(self) -> torch.Tensor:
+        """The ``(out_features, in_features)`` matrix this layer applies (bias excluded)."""
+        eye = torch.eye(self.in_features, device=self.twiddle.device, dtype=self.twiddle.dtype)
+        return self._apply(eye, with_bias=False).t()
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"nblocks={self.nblocks}, n={self.n}, nstacks={self.nstacks}, init={self.init!r}"
+        )

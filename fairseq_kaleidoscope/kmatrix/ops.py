@@ -1,0 +1,113 @@
+"""The butterfly multiply op: compiled kernels where they apply, the reference elsewhere.
+
+The compiled ops (``torch.ops.kaleidoscope.*``, declared in ``csrc/kaleidoscope.cpp``)
+get their autograd formula and fake (meta) kernel here, so they work with autograd
+and ``torch.compile``. Without the compiled extension everything runs on
+:func:`~fairseq_kaleidoscope.kmatrix.reference.butterfly_multiply_ref`, after one warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .reference import butterfly_multiply_ref
+
+try:
+    from fairseq_kaleidoscope import _C  # noqa: F401  (registers torch.ops.kaleidoscope)
+
+    HAS_EXTENSION = True
+except ImportError as exc:  # pragma: no cover - exercised on machines without a build
+    HAS_EXTENSION = False
+    warnings.warn(
+        "fairseq_kaleidoscope: the compiled extension is not available "
+        f"({exc}); K-matrix layers fall back to the slower pure-PyTorch reference. "
+        "Build it with `make setup` (or `python setup.py build_ext --inplace`).",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+COMPILED_DTYPES = (torch.float32, torch.float64)
+
+
+def check_butterfly_args(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """Raise a ValueError naming the problem if the arguments do not fit together."""
+    if x.dim() != 3:
+        raise ValueError(f"butterfly_multiply: input must have shape (batch, nstacks, n), got {tuple(x.shape)}")
+    if twiddle.dim() != 6:
+        raise ValueError(
+            "butterfly_multiply: twiddle must have shape (nstacks, nbutterflies, log2 n, n/2, 2, 2), "
+            f"got {tuple(twiddle.shape)}"
+        )
+    n = x.shape[-1]
+    if n < 2 or n & (n - 1):
+        raise ValueError(f"butterfly_multiply: n = input.shape[-1] must be a power of two >= 2, got {n}")
+    expected = (x.shape[1], twiddle.shape[1], n.bit_length() - 1, n // 2, 2, 2)
+    if tuple(twiddle.shape) != expected or twiddle.shape[1] < 1:
+        raise ValueError(
+            f"butterfly_multiply: twiddle shape {tuple(twiddle.shape)} does not match input shape "
+            f"{tuple(x.shape)}; expected ({x.shape[1]}, nbutterflies >= 1, {n.bit_length() - 1}, {n // 2}, 2, 2)"
+        )
+    for name, t in (("twiddle", twiddle), ("bias", bias)):
+        if t is None:
+            continue
+        if t.dtype != x.dtype:
+            raise TypeError(f"butterfly_multiply: {name} dtype {t.dtype} differs from input dtype {x.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"butterfly_multiply: {name} is on {t.device} but input is on {x.device}")
+    if bias is not None and tuple(bias.shape) != (x.shape[1], n):
+        raise ValueError(f"butterfly_multiply: bias must have shape {(x.shape[1], n)}, got {tuple(bias.shape)}")
+
+
+def uses_compiled_kernel(x: torch.Tensor) -> bool:
+    """Whether :func:`butterfly_multiply` runs a compiled kernel for this input."""
+    return HAS_EXTENSION and x.device.type == "cpu" and x.dtype in COMPILED_DTYPES
+
+
+def butterfly_multiply(
+    twiddle: torch.Tensor,
+    x: torch.Tensor,
+    increasing_stride: bool,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply the butterflies in ``twiddle`` to ``x`` (batch, nstacks, n), then add ``bias``.
+
+    Conventions are documented in :mod:`fairseq_kaleidoscope.kmatrix.reference`.
+    Differentiable with respect to ``twiddle``, ``x`` and ``bias``.
+    """
+    check_butterfly_args(twiddle, x, bias)
+    if uses_compiled_kernel(x):
+        return torch.ops.kaleidoscope.butterfly_multiply(twiddle, x, bias, increasing_stride)
+    out = butterfly_multiply_ref(twiddle, x, increasing_stride)
+    return out if bias is None else out + bias
+
+
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("kaleidoscope::butterfly_multiply")
+    def _butterfly_multiply_fake(twiddle, x, bias, increasing_stride):
+        return x.new_empty(x.shape)
+
+    @torch.library.register_fake("kaleidoscope::butterfly_multiply_backward")
+    def _butterfly_multiply_backward_fake(grad, twiddle, x, increasing_stride):
+        return twiddle.new_empty(twiddle.shape), x.new_empty(x.shape)
+
+    def _setup_context(ctx, inputs, output):
+        twiddle, x, bias, increasing_stride = inputs
+        ctx.save_for_backward(twiddle, x)
+        ctx.increasing_stride = increasing_stride
+        ctx.has_bias = bias is not None
+
+    def _backward(ctx, grad):
+        twiddle, x = ctx.saved_tensors
+        grad_twiddle = grad_x = grad_bias = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            grad_twiddle, grad_x = torch.ops.kaleidoscope.butterfly_multiply_backward(
+                grad.contiguous(), twiddle, x, ctx.increasing_stride
+            )
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_twiddle, grad_x, grad_bias, None
+
+    torch.library.register_autograd("kaleidoscope::butterfly_multiply", _backward, setup_context=_setup_context)

@@ -1,0 +1,52 @@
+"""Plain-PyTorch reference for the butterfly / K-matrix multiply.
+
+This file defines what "correct" means: the compiled kernels are tested against it,
+and it is the fallback wherever no compiled kernel applies (no extension built, a
+device or dtype the kernels do not cover, complex numbers).
+
+Conventions (shared with ``csrc/``):
+
+* ``twiddle`` has shape ``(nstacks, nbutterflies, log2(n), n/2, 2, 2)``.
+  ``twiddle[s, b, k, p]`` is the 2x2 matrix ``[[a, b], [c, d]]`` of pair ``p`` in the
+  factor of butterfly ``b`` whose stride is ``2**k``. Pair ``p`` at stride ``t`` joins
+  coordinates ``i = (p // t) * 2t + p % t`` and ``i + t``:
+  ``y[i] = a x[i] + b x[i+t]`` and ``y[i+t] = c x[i] + d x[i+t]``.
+* ``input`` has shape ``(batch, nstacks, n)``; every stack is an independent matrix.
+* Butterflies are applied in order ``b = 0, 1, ...``; butterfly 0 runs its factors in
+  increasing stride order (1, 2, ..., n/2) if ``increasing_stride`` else decreasing,
+  and consecutive butterflies alternate. With ``increasing_stride=False`` every pair of
+  butterflies (2j, 2j+1) is therefore one ``B Bᵀ`` block of a kaleidoscope matrix:
+  a transposed butterfly (decreasing strides) followed by a butterfly (increasing).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def butterfly_factor_ref(twiddle: torch.Tensor, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Apply one butterfly factor. twiddle: (nstacks, n/2, 2, 2); x: (batch, nstacks, n)."""
+    batch, nstacks, n = x.shape
+    nblocks = n // (2 * stride)
+    # x[..., blk, half, off] is coordinate blk*2*stride + half*stride + off.
+    xv = x.reshape(batch, nstacks, nblocks, 2, stride)
+    # pair p = blk*stride + off.
+    tw = twiddle.reshape(nstacks, nblocks, stride, 2, 2)
+    y = torch.einsum("skoij,bskjo->bskio", tw, xv)
+    return y.reshape(batch, nstacks, n)
+
+
+def factor_strides(log_n: int, increasing: bool) -> list[int]:
+    """The factor indices k (stride 2**k) of one butterfly, in application order."""
+    ks = list(range(log_n))
+    return ks if increasing else ks[::-1]
+
+
+def butterfly_multiply_ref(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool) -> torch.Tensor:
+    """Multiply ``x`` (batch, nstacks, n) by the butterflies in ``twiddle`` (see module doc)."""
+    nbutterflies, log_n = twiddle.shape[1], twiddle.shape[2]
+    for b in range(nbutterflies):
+        increasing = increasing_stride != (b % 2 == 1)
+        for k in factor_strides(log_n, increasing):
+            x = butterfly_factor_ref(twiddle[:, b, k], x, 1 << k)
+    return x
