@@ -1,5 +1,6 @@
 """KaleidoscopeLinear as a drop-in nn.Linear: shapes, inits, dense form, errors, fallback."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -136,6 +137,9 @@ def test_param_groups_leave_twiddles_out_of_weight_decay():
     assert kmat["weight_decay"] == 0.0 and kmat["lr"] == pytest.approx(2e-3)
     assert [p.shape for p in kmat["params"]] == [model[0].twiddle.shape]
     assert all(not is_kmatrix_parameter(p) for p in dense["params"]) and len(dense["params"]) == 3
+    # the tag survives the copies fairseq and users make (EMA, cloning)
+    assert is_kmatrix_parameter(copy.deepcopy(model)[0].twiddle)
+    assert is_kmatrix_parameter(copy.deepcopy(model).double()[0].twiddle)
     opt = torch.optim.AdamW(groups, lr=1e-3)
     model(torch.randn(2, 16)).sum().backward()
     opt.step()

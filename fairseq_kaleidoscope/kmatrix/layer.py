@@ -10,6 +10,7 @@ from torch import nn
 
 from .init import init_twiddle_
 from .ops import butterfly_multiply
+from .parameter import TwiddleParameter
 
 
 def next_power_of_two(n: int) -> int:
@@ -39,8 +40,8 @@ class KaleidoscopeLinear(nn.Module):
         init: ``"ortho"`` (random rotations/reflections: orthogonal K-matrices),
             ``"identity"``, or ``"randn"`` (output variance matches ``nn.Linear``).
 
-    The twiddle parameter carries ``_optim = {"weight_decay": 0.0}``; see
-    :func:`fairseq_kaleidoscope.kmatrix.param_groups`.
+    The twiddle parameter is a :class:`TwiddleParameter` (``_optim = {"weight_decay": 0.0}``);
+    see :func:`fairseq_kaleidoscope.kmatrix.param_groups`.
     """
 
     def __init__(
@@ -63,8 +64,7 @@ class KaleidoscopeLinear(nn.Module):
         self.nstacks = -(-out_features // self.n)
         log_n = self.n.bit_length() - 1
         factory = {"device": device, "dtype": dtype}
-        self.twiddle = nn.Parameter(torch.empty(self.nstacks, 2 * nblocks, log_n, self.n // 2, 2, 2, **factory))
-        self.twiddle._optim = {"weight_decay": 0.0}
+        self.twiddle = TwiddleParameter(torch.empty(self.nstacks, 2 * nblocks, log_n, self.n // 2, 2, 2, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.reset_parameters()
 
