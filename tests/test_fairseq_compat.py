@@ -45,6 +45,17 @@ def test_tagged_param_groups_put_untagged_parameters_first() -> None:
     assert (by_param[id(b)]["lr_scale"], by_param[id(b)]["weight_decay"]) == (0.5, 0.1)
 
 
+def test_deep_copied_twiddles_still_get_no_weight_decay() -> None:
+    import copy
+
+    from fairseq_kaleidoscope.modules import KMatrixOptions, make_linear
+
+    layer = copy.deepcopy(make_linear(8, 8, True, KMatrixOptions(lr_scale=3.0)))
+    assert not hasattr(layer.twiddle, "optim_overrides")  # deepcopy drops instance attributes
+    groups = optimizer.tagged_param_groups(layer.parameters(), weight_decay=0.1)
+    assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(1, 0.1), (1, 0.0)]
+
+
 def test_set_lr_scales_each_group() -> None:
     from fairseq.optim.fairseq_optimizer import FairseqOptimizer
 

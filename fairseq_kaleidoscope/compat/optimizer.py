@@ -26,6 +26,8 @@ import torch
 from fairseq import optim
 from fairseq.optim.fairseq_optimizer import FairseqOptimizer
 
+from ..kmatrix import is_kmatrix_parameter
+
 logger = logging.getLogger(__name__)
 
 _original_build_optimizer = None
@@ -33,7 +35,9 @@ _original_build_optimizer = None
 
 def _overrides(p: torch.Tensor) -> tuple[float, float]:
     opt = (getattr(p, "optim_overrides", None) or {}).get("optimizer", {})
-    return float(opt.get("lr_scale", 1.0)), float(opt.get("weight_decay_scale", 1.0))
+    # A deep copy drops the instance tags but keeps the twiddle's type: still no decay.
+    default_wd_scale = 0.0 if is_kmatrix_parameter(p) else 1.0
+    return float(opt.get("lr_scale", 1.0)), float(opt.get("weight_decay_scale", default_wd_scale))
 
 
 def tagged_param_groups(params: Iterable[torch.Tensor], weight_decay: float | None) -> list[dict]:
