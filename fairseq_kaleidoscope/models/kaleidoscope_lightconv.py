@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Optional  # noqa: UP035 (fairseq parses typing.List/Optional field types only)
 
+import torch
 from fairseq import utils
 from fairseq.models import (
     FairseqEncoder,
@@ -152,6 +153,7 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
         sizes = _kernel_sizes(cfg.encoder_kernel_size_list, cfg.encoder_layers, "encoder")
         self.layers = nn.ModuleList([LightConvEncoderLayer(cfg, k, kmatrix, kopts) for k in sizes])
         self.layer_norm = LayerNorm(dim) if cfg.encoder_normalize_before else None
+        self.register_buffer("version", torch.Tensor([2]))  # as fairseq's: its checkpoints load unchanged
 
     def forward(self, src_tokens: Tensor, src_lengths: Tensor | None = None) -> dict[str, list[Tensor]]:
         x = self.embed_scale * self.embed_tokens(src_tokens)
@@ -202,6 +204,7 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
         sizes = _kernel_sizes(cfg.decoder_kernel_size_list, cfg.decoder_layers, "decoder")
         self.layers = nn.ModuleList([LightConvDecoderLayer(cfg, k, kmatrix, kopts) for k in sizes])
         self.layer_norm = LayerNorm(dim) if cfg.decoder_normalize_before else None
+        self.register_buffer("version", torch.Tensor([2]))
         if tie:
             self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
             self.output_projection.weight = embed_tokens.weight
