@@ -66,3 +66,16 @@ def test_set_lr_scales_each_group() -> None:
     opt.set_lr(0.25)
     assert [g["lr"] for g in opt.param_groups] == [0.25, 1.0]
     assert opt.get_lr() == 0.25
+
+
+def test_set_lr_follows_the_parameters_tags_after_a_resume() -> None:
+    from fairseq.optim.fairseq_optimizer import FairseqOptimizer
+
+    twiddle = _tagged(1.0, 2.0, 0.0)
+    opt = FairseqOptimizer(cfg=None)
+    opt._optimizer = torch.optim.SGD(optimizer.tagged_param_groups([twiddle], weight_decay=None), lr=1.0)
+    opt.set_lr(0.5)
+    assert opt.param_groups[0]["lr"] == 1.0
+    twiddle.optim_overrides = {"optimizer": {"lr_scale": 3.0, "weight_decay_scale": 0.0}}  # new --kmatrix-lr-scale
+    opt.set_lr(0.5)
+    assert opt.param_groups[0]["lr"] == 1.5

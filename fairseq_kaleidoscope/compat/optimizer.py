@@ -76,6 +76,11 @@ def build_optimizer(cfg: object, params: list, *extra_args: object, **extra_kwar
 def _set_lr(self: FairseqOptimizer, lr: float) -> None:
     """Set the learning rate (times each group's ``lr_scale``)."""
     for group in self.param_groups:
+        params = group["params"]
+        if params and getattr(params[0], "optim_overrides", None):
+            # The model's tags win over a scale restored with an old optimizer state
+            # (resuming with a different --kmatrix-lr-scale).
+            group["lr_scale"] = _overrides(params[0])[0]
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 

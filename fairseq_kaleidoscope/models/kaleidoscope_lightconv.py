@@ -105,6 +105,15 @@ def _embedding(dictionary: object, dim: int) -> nn.Embedding:
     return m
 
 
+def _upgrade_state_dict(state_dict: dict[str, Tensor], name: str) -> dict[str, Tensor]:
+    """Accept checkpoints without the ``version`` buffer, and fairseq lightconv ones (unused ``conv_bias``)."""
+    prefix = f"{name}." if name else ""
+    state_dict.setdefault(prefix + "version", torch.Tensor([2]))
+    for key in [k for k in state_dict if k.startswith(prefix) and k.endswith(".conv.conv_bias")]:
+        del state_dict[key]
+    return state_dict
+
+
 @register_model("kaleidoscope_lightconv", dataclass=KaleidoscopeLightConvConfig)
 class KaleidoscopeLightConvModel(FairseqEncoderDecoderModel):
     """DynamicConv encoder-decoder (Wu et al., 2019) whose chosen linear layers are K-matrices."""
@@ -170,6 +179,9 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
         if src_lengths is not None:
             out["src_lengths"] = [src_lengths]
         return out
+
+    def upgrade_state_dict_named(self, state_dict: dict[str, Tensor], name: str) -> dict[str, Tensor]:
+        return _upgrade_state_dict(state_dict, name)
 
     def reorder_encoder_out(self, encoder_out: dict[str, list[Tensor]], new_order: Tensor) -> dict[str, list[Tensor]]:
         return {
@@ -260,6 +272,9 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
+
+    def upgrade_state_dict_named(self, state_dict: dict[str, Tensor], name: str) -> dict[str, Tensor]:
+        return _upgrade_state_dict(state_dict, name)
 
     def output_layer(self, features: Tensor) -> Tensor:
         return self.output_projection(features)
