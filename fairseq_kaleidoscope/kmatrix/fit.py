@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -116,7 +116,8 @@ class _Population:
             for _ in range(count - 1)
         ]
         self.twiddle = torch.cat([layer.twiddle.detach() for layer in layers]).requires_grad_()
-        self.perm: torch.Tensor | None = None  # fixed input permutation, applied by indexing
+        # Fixed input permutation of each candidate (None: none), applied by indexing.
+        self.perms: list[torch.Tensor | None] = [None] * count
 
     @property
     def count(self) -> int:
@@ -126,20 +127,24 @@ class _Population:
         """``x`` (batch, in) -> (count, batch, out): every candidate applied to x."""
         tw = self.twiddle if twiddle is None else twiddle
         count = tw.shape[0] // self.nstacks
-        if self.perm is not None:
-            x = x[:, self.perm]
         if self.n != self.in_features:
             x = torch.nn.functional.pad(x, (0, self.n - self.in_features))
-        if uses_compiled_kernel(x):
-            y = butterfly_multiply(tw, x.unsqueeze(1).expand(-1, count * self.nstacks, self.n), False)
+        if any(p is not None for p in self.perms):
+            xs = torch.stack([x if p is None else x[:, p] for p in self.perms], 1)  # (batch, count, n)
+            xs = xs.unsqueeze(2).expand(-1, -1, self.nstacks, -1).reshape(x.shape[0], -1, self.n)
         else:
-            y = butterfly_multiply_elementwise(tw, x.unsqueeze(1), False)
+            xs = x.unsqueeze(1)
+        if uses_compiled_kernel(x):
+            y = butterfly_multiply(tw, xs.expand(-1, count * self.nstacks, self.n), False)
+        else:
+            y = butterfly_multiply_elementwise(tw, xs, False)
         y = y.reshape(x.shape[0], count, self.nstacks * self.n)[..., : self.out_features]
         return y.transpose(0, 1)
 
     def keep(self, idx: torch.Tensor) -> None:
         tw = self.twiddle.detach().view(self.count, self.nstacks, *self.twiddle.shape[1:])[idx]
         self.twiddle = tw.reshape(-1, *tw.shape[2:]).clone().requires_grad_()
+        self.perms = [self.perms[i] for i in idx.tolist()]
 
     @torch.no_grad()
     def rescale_rows(self, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Adam) -> None:
@@ -171,14 +176,15 @@ class _Population:
         out = KaleidoscopeLinear(s.in_features, s.out_features, bias=False, nblocks=s.nblocks, init="identity",
                                  dtype=dtype)
         learned = self.twiddle.detach()[i * self.nstacks : (i + 1) * self.nstacks].to(dtype)
-        if self.perm is None:
+        perm = self.perms[i]
+        if perm is None:
             with torch.no_grad():
                 out.twiddle.copy_(learned)
             return out
         # The permutation becomes an exact first block in front of the learned ones.
         from .constructors import kaleidoscope_permutation
 
-        first = kaleidoscope_permutation(self.perm, dtype=dtype).twiddle.detach()
+        first = kaleidoscope_permutation(perm, dtype=dtype).twiddle.detach()
         out = KaleidoscopeLinear(s.in_features, s.out_features, bias=False, nblocks=s.nblocks + 1, init="identity",
                                  dtype=dtype)
         with torch.no_grad():
@@ -199,7 +205,7 @@ def fit(
     time_budget: float | None = None,
     prune_every: int | None = None,
     polish_steps: int = 200,
-    permutation: torch.Tensor | None = None,
+    permutation: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
     batch_size: int | None = None,
     probes: int | None = None,
     rescale_every: int = 20,
@@ -230,11 +236,14 @@ def fit(
             ``x[..., perm]``), as in the "BP" model of Dao et al. (ICML 2019) where the
             bit reversal lets a butterfly learn the FFT. It becomes an exact extra first
             block (see :func:`kaleidoscope_permutation`) that is never trained: the returned
-            layer has ``nblocks + 1`` blocks.
+            layer has ``nblocks + 1`` blocks. A list of candidates (``None`` = no
+            permutation) spreads the restarts over them in turn and the fit picks the
+            best, a discrete stand-in for the paper's learned permutation.
         batch_size: sample rows per step (pairs only; default all).
-        probes: matrix/callable targets: random Gaussian input vectors per Adam step
-            instead of the whole basis (cheaper for large n; stopping and pruning are
-            decided on the exact error). Default: the basis up to n = 128, else 128 probes.
+        probes: matrix/callable targets: random Gaussian input vectors drawn afresh for
+            each Adam step (default 32; 0: the whole basis every step). Cheaper than the
+            basis for large n and, measured, more reliable: the noise helps Adam out of
+            poor basins. Stopping and pruning are decided on the exact error.
         rescale_every: every that many steps, rescale each output row of each candidate to its
             least-squares optimum (exact; frees real fits from sign traps); 0 disables.
         init: twiddle initialisation (see :class:`KaleidoscopeLinear`).
@@ -260,11 +269,16 @@ def fit(
         torch.manual_seed(seed)
     pop = _Population(x_all.shape[1], y_all.shape[1], nblocks, restarts, init, dtype)
     if permutation is not None:
-        pop.perm = _check_fixed_permutation(permutation, pop)
+        single = torch.is_tensor(permutation) or all(isinstance(v, int) for v in permutation)
+        cands = [permutation] if single else list(permutation)
+        if not cands:
+            raise ValueError("permutation: give a permutation, a non-empty list of candidates, or None")
+        checked = [None if p is None else _check_fixed_permutation(p, pop) for p in cands]
+        pop.perms = [checked[i % len(checked)] for i in range(restarts)]
     x_tr, y_tr = x_all.to(dtype), y_all.to(dtype)
     t_tr = None if dense is None else dense.to(dtype)
-    if probes is None and dense is not None and x_all.shape[1] > 128:
-        probes = 128
+    if probes is None:
+        probes = 32
     prune_every = prune_every or max(1, max_steps // 4)
     history: list[tuple[int, float, float]] = []
 
