@@ -23,7 +23,7 @@ def extensions() -> list:
         CppExtension(
             "fairseq_kaleidoscope._C",
             sources,
-            extra_compile_args={"cxx": cxx + ["-fopenmp"]},
+            extra_compile_args={"cxx": [*cxx, "-fopenmp"]},
             extra_link_args=["-fopenmp"],
         )
     ]
