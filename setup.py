@@ -16,9 +16,9 @@ def extensions() -> list:
     )
     # No -march=native: the binary must run on any x86-64 machine; SIMD code paths are
     # compiled per target in their own files and chosen at run time.
-    cxx = ["-O3", "-std=c++17", "-fdiagnostics-color=always"]
+    cxx = ["-O3"]  # the C++ standard is chosen by torch.utils.cpp_extension (C++20 for torch 2.13)
     if os.environ.get("KALEIDOSCOPE_DEBUG") == "1":
-        cxx = ["-O0", "-g", "-std=c++17"]
+        cxx = ["-O0", "-g"]
     return [
         CppExtension(
             "fairseq_kaleidoscope._C",

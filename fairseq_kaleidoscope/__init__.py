@@ -9,3 +9,8 @@ from .kmatrix import KaleidoscopeLinear, butterfly_multiply, param_groups
 
 __all__ = ["KaleidoscopeLinear", "butterfly_multiply", "param_groups"]
 __version__ = "0.1.0"
+
+import sys
+
+if "fairseq" in sys.modules:  # loaded as fairseq's --user-dir: register the architectures
+    from . import models  # noqa: F401

@@ -10,6 +10,7 @@ from torch import nn
 
 from .init import init_twiddle_
 from .ops import butterfly_multiply
+from .parameter import TwiddleParameter
 
 
 def next_power_of_two(n: int) -> int:
@@ -39,8 +40,8 @@ class KaleidoscopeLinear(nn.Module):
         init: ``"ortho"`` (random rotations/reflections: orthogonal K-matrices),
             ``"identity"``, or ``"randn"`` (output variance matches ``nn.Linear``).
 
-    The twiddle parameter carries ``_optim = {"weight_decay": 0.0}``; see
-    :func:`fairseq_kaleidoscope.kmatrix.param_groups`.
+    The twiddle parameter is a :class:`TwiddleParameter` (``_optim = {"weight_decay": 0.0}``);
+    see :func:`fairseq_kaleidoscope.kmatrix.param_groups`.
     """
 
     def __init__(
@@ -63,16 +64,33 @@ class KaleidoscopeLinear(nn.Module):
         self.nstacks = -(-out_features // self.n)
         log_n = self.n.bit_length() - 1
         factory = {"device": device, "dtype": dtype}
-        self.twiddle = nn.Parameter(torch.empty(self.nstacks, 2 * nblocks, log_n, self.n // 2, 2, 2, **factory))
-        self.twiddle._optim = {"weight_decay": 0.0}
+        self.twiddle = TwiddleParameter(torch.empty(self.nstacks, 2 * nblocks, log_n, self.n // 2, 2, 2, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         init_twiddle_(self.twiddle, self.init, self.in_features)
+        if self.init == "randn":
+            self._match_linear_weight_norm_()
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
+
+    @torch.no_grad()
+    def _match_linear_weight_norm_(self) -> None:
+        """Rescale each stack so that ``‖W‖_F²`` is exactly nn.Linear's expected value.
+
+        A product of many random factors has a heavy-tailed gain: the variance-matched
+        draw is right on average but typically too small. Fixing the norm per draw
+        (``rows / 3`` for weights of variance ``1 / (3·in_features)``) gives every layer
+        the output scale of ``nn.Linear`` for isotropic inputs.
+        """
+        w = self.to_dense()
+        nfactors = self.twiddle.shape[1] * self.twiddle.shape[2]
+        for k in range(self.nstacks):
+            rows = w[k * self.n : (k + 1) * self.n]
+            scale = (rows.shape[0] / 3) / rows.abs().square().sum()
+            self.twiddle[k].mul_(scale ** (1 / (2 * nfactors)))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -87,7 +105,7 @@ class KaleidoscopeLinear(nn.Module):
         if x.device != self.twiddle.device:
             raise ValueError(f"KaleidoscopeLinear: input is on {x.device} but the layer is on {self.twiddle.device}")
 
-    def _apply(self, x: torch.Tensor, with_bias: bool) -> torch.Tensor:
+    def _multiply(self, x: torch.Tensor, with_bias: bool) -> torch.Tensor:
         n, nstacks, out = self.n, self.nstacks, self.out_features
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_features)
@@ -108,12 +126,12 @@ class KaleidoscopeLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        return self._apply(x, with_bias=True)
+        return self._multiply(x, with_bias=True)
 
     def to_dense(self) -> torch.Tensor:
         """The ``(out_features, in_features)`` matrix this layer applies (bias excluded)."""
         eye = torch.eye(self.in_features, device=self.twiddle.device, dtype=self.twiddle.dtype)
-        return self._apply(eye, with_bias=False).t()
+        return self._multiply(eye, with_bias=False).t()
 
     def extra_repr(self) -> str:
         return (

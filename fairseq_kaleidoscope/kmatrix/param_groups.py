@@ -7,10 +7,12 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .parameter import TwiddleParameter
+
 
 def is_kmatrix_parameter(p: torch.Tensor) -> bool:
     """Whether ``p`` is the structure (twiddle) parameter of a K-matrix layer."""
-    return getattr(p, "_optim", None) is not None
+    return isinstance(p, TwiddleParameter)
 
 
 def param_groups(
@@ -21,7 +23,7 @@ def param_groups(
 ) -> list[dict]:
     """Split parameters into a dense group and a K-matrix group for ``torch.optim``.
 
-    Parameters tagged with ``_optim`` (K-matrix twiddles) get the options in that tag
+    K-matrix twiddles (:class:`TwiddleParameter`) get the options in their ``_optim``
     (no weight decay) and, if ``lr`` is given, ``lr * kmatrix_lr_scale``; every other
     parameter gets ``weight_decay``. Frozen parameters are left out. Empty groups are
     dropped.
@@ -37,7 +39,7 @@ def param_groups(
         groups.append({"params": dense, "weight_decay": weight_decay})
     if kmatrix:
         group: dict = {"params": kmatrix, "weight_decay": 0.0}
-        group.update(kmatrix[0]._optim)
+        group.update(TwiddleParameter._optim)
         if lr is not None:
             group["lr"] = lr * kmatrix_lr_scale
         groups.append(group)

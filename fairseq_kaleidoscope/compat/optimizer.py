@@ -1,0 +1,84 @@
+"""Per-parameter learning-rate scale and weight decay for fairseq's ordinary optimizers.
+
+fairseq tags parameters with ``param_group`` / ``optim_overrides`` (``lr_scale``,
+``weight_decay_scale``), but only ``--optimizer composite`` reads the tags: the
+trainer hands every other optimizer one flat parameter list, and
+``FairseqOptimizer.set_lr`` (called by every LR scheduler on every update) writes the
+same rate into every group. Two small changes make ``--optimizer adam`` and friends
+honour the tags that our K-matrix twiddles carry:
+
+* ``fairseq.optim.build_optimizer`` (what the trainer calls) splits tagged parameters
+  into their own torch param groups with ``lr_scale`` and the scaled weight decay;
+* ``FairseqOptimizer.set_lr`` sets ``lr * group["lr_scale"]`` (1 when absent), so
+  untagged models behave exactly as before and ``get_lr`` still reports the base rate
+  of the first (untagged) group.
+
+Limit: fp16 training with flattened gradients (fairseq's default ``--fp16``) copies all
+parameters into one flat tensor, which drops the tags; use ``--fp16-no-flatten-grads``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+from fairseq import optim
+from fairseq.optim.fairseq_optimizer import FairseqOptimizer
+
+logger = logging.getLogger(__name__)
+
+_original_build_optimizer = None
+
+
+def _overrides(p: torch.Tensor) -> tuple[float, float]:
+    opt = (getattr(p, "optim_overrides", None) or {}).get("optimizer", {})
+    return float(opt.get("lr_scale", 1.0)), float(opt.get("weight_decay_scale", 1.0))
+
+
+def tagged_param_groups(params: Iterable[torch.Tensor], weight_decay: float | None) -> list[dict]:
+    """Group parameters by their (lr_scale, weight_decay_scale) tags; untagged ones first."""
+    groups: dict[tuple[float, float], list[torch.Tensor]] = {}
+    for p in params:
+        if p.requires_grad:
+            groups.setdefault(_overrides(p), []).append(p)
+    out = []
+    for (lr_scale, wd_scale), ps in sorted(groups.items(), key=lambda kv: kv[0] != (1.0, 1.0)):
+        group: dict = {"params": ps, "lr_scale": lr_scale}
+        if weight_decay is not None:
+            group["weight_decay"] = weight_decay * wd_scale
+        out.append(group)
+    return out
+
+
+def build_optimizer(cfg: object, params: list, *extra_args: object, **extra_kwargs: object) -> object:
+    """``fairseq.optim.build_optimizer`` that turns tagged parameters into their own groups."""
+    params = list(params)
+    tagged = any(isinstance(p, torch.Tensor) and _overrides(p) != (1.0, 1.0) for p in params)
+    if not tagged or getattr(cfg, "_name", None) == "composite":
+        return _original_build_optimizer(cfg, params, *extra_args, **extra_kwargs)
+    weight_decay = getattr(cfg, "weight_decay", None)
+    groups = tagged_param_groups(params, float(weight_decay) if weight_decay is not None else None)
+    optimizer = optim._build_optimizer(cfg, groups, *extra_args, **extra_kwargs)
+    optimizer.set_lr(optimizer.get_lr())  # apply the scales before the first step
+    logger.info(
+        "parameter groups: %s",
+        ", ".join(f"{sum(p.numel() for p in g['params'])} params lr x{g['lr_scale']:g}"
+                  + (f" wd {g['weight_decay']:g}" if "weight_decay" in g else "") for g in groups),
+    )
+    return optimizer
+
+
+def _set_lr(self: FairseqOptimizer, lr: float) -> None:
+    """Set the learning rate (times each group's ``lr_scale``)."""
+    for group in self.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def install() -> None:
+    """Idempotent."""
+    global _original_build_optimizer
+    if _original_build_optimizer is None:
+        _original_build_optimizer = optim.build_optimizer
+        optim.build_optimizer = build_optimizer
+        FairseqOptimizer.set_lr = _set_lr

@@ -1,0 +1,302 @@
+"""``kaleidoscope_lightconv``: fairseq's DynamicConv translation model with K-matrix linear layers.
+
+Architectures:
+
+* ``kaleidoscope_lightconv``: every size configurable (defaults: fairseq's ``lightconv``
+  base sizes without GLU).
+* ``kaleidoscope_lightconv_iwslt_de_en``: fairseq's ``lightconv_iwslt_de_en`` with
+  dynamic convolutions and no GLU (the pay-less-attention IWSLT recipe); by default
+  every linear layer of the decoder is a K-matrix (the Kaleidoscope paper's experiment).
+
+The model is configured by a dataclass, so checkpoints store plain values (no pickled
+``argparse.Namespace``) and load under ``torch.load(weights_only=True)``.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional  # noqa: UP035 (fairseq parses typing.List/Optional field types only)
+
+from fairseq import utils
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.modules import FairseqDropout, LayerNorm, PositionalEmbedding
+from fairseq.utils import safe_getattr
+from torch import Tensor, nn
+
+from ..modules.dynamic_convolution import IncrementalState
+from ..modules.kmatrix_layers import OUTPUT_PROJECTION, kmatrix_options, make_linear, parse_kmatrix_layers
+from ..modules.lightconv_layers import (
+    DECODER_SUBLAYERS,
+    ENCODER_SUBLAYERS,
+    LightConvDecoderLayer,
+    LightConvEncoderLayer,
+)
+from .kmatrix_config import KMatrixConfig
+
+KMATRIX_SUBLAYERS = {"encoder": ENCODER_SUBLAYERS, "decoder": (*DECODER_SUBLAYERS, OUTPUT_PROJECTION)}
+
+
+@dataclass
+class KaleidoscopeLightConvConfig(KMatrixConfig):
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on encoder-attention weights"})
+    relu_dropout: float = field(default=0.0, metadata={"help": "dropout after ReLU in the FFN"})
+    input_dropout: float = field(default=0.1, metadata={"help": "dropout on the convolution block's input"})
+    weight_dropout: float = field(default=0.0, metadata={"help": "DropConnect on the convolution taps"})
+    weight_softmax: int = field(default=1, metadata={"help": "1: softmax-normalise the taps"})
+    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension"})
+    encoder_conv_dim: Optional[int] = field(  # noqa: UP045
+        default=None, metadata={"help": "encoder conv channels (default: embed dim)"}
+    )
+    encoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "encoder FFN dimension"})
+    encoder_layers: int = field(default=7, metadata={"help": "encoder layers"})
+    encoder_attention_heads: int = field(default=8, metadata={"help": "encoder DynamicConv heads"})
+    encoder_kernel_size_list: List[int] = field(  # noqa: UP006
+        default_factory=lambda: [3, 7, 15, 31, 31, 31, 31],
+        metadata={"help": "encoder kernel sizes, one per layer or a single one for all (odd)"},
+    )
+    encoder_glu: int = field(default=0, metadata={"help": "1: GLU after the encoder input projection"})
+    encoder_normalize_before: bool = field(default=False, metadata={"help": "pre-norm encoder layers"})
+    encoder_learned_pos: bool = field(default=False, metadata={"help": "learned encoder positions"})
+    decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
+    decoder_conv_dim: Optional[int] = field(  # noqa: UP045
+        default=None, metadata={"help": "decoder conv channels (default: embed dim)"}
+    )
+    decoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "decoder FFN dimension"})
+    decoder_layers: int = field(default=6, metadata={"help": "decoder layers"})
+    decoder_attention_heads: int = field(default=8, metadata={"help": "decoder DynamicConv and attention heads"})
+    decoder_kernel_size_list: List[int] = field(  # noqa: UP006
+        default_factory=lambda: [3, 7, 15, 31, 31, 31],
+        metadata={"help": "decoder kernel sizes, one per layer or a single one for all"},
+    )
+    decoder_glu: int = field(default=0, metadata={"help": "1: GLU after the decoder input projection"})
+    decoder_normalize_before: bool = field(default=False, metadata={"help": "pre-norm decoder layers"})
+    decoder_learned_pos: bool = field(default=False, metadata={"help": "learned decoder positions"})
+    share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "tie decoder in/out embeddings"})
+    share_all_embeddings: bool = field(default=False, metadata={"help": "share all embeddings (joined dictionary)"})
+    no_token_positional_embeddings: bool = field(default=False, metadata={"help": "no positional embeddings"})
+    max_source_positions: int = field(default=1024, metadata={"help": "max source length"})
+    max_target_positions: int = field(default=1024, metadata={"help": "max target length"})
+
+
+def _kernel_sizes(sizes: object, layers: int, side: str) -> list[int]:
+    if isinstance(sizes, str):
+        sizes = utils.eval_str_list(sizes, int)
+    elif isinstance(sizes, int):
+        sizes = [sizes]
+    sizes = [int(k) for k in sizes]
+    if len(sizes) == 1:
+        sizes = sizes * layers
+    if len(sizes) != layers:
+        raise ValueError(f"--{side}-kernel-size-list has {len(sizes)} entries but --{side}-layers is {layers}")
+    return sizes
+
+
+def _embedding(dictionary: object, dim: int) -> nn.Embedding:
+    m = nn.Embedding(len(dictionary), dim, padding_idx=dictionary.pad())
+    nn.init.normal_(m.weight, mean=0, std=dim**-0.5)
+    nn.init.zeros_(m.weight[dictionary.pad()])
+    return m
+
+
+@register_model("kaleidoscope_lightconv", dataclass=KaleidoscopeLightConvConfig)
+class KaleidoscopeLightConvModel(FairseqEncoderDecoderModel):
+    """DynamicConv encoder-decoder (Wu et al., 2019) whose chosen linear layers are K-matrices."""
+
+    @classmethod
+    def build_model(cls, cfg: object, task: object) -> "KaleidoscopeLightConvModel":
+        chosen = parse_kmatrix_layers(cfg.kmatrix_layers, KMATRIX_SUBLAYERS, "kaleidoscope_lightconv")
+        src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+        if cfg.share_all_embeddings:
+            if src_dict != tgt_dict:
+                raise ValueError("--share-all-embeddings requires a joined dictionary")
+            if cfg.encoder_embed_dim != cfg.decoder_embed_dim:
+                raise ValueError("--share-all-embeddings requires --encoder-embed-dim to match --decoder-embed-dim")
+            enc_embed = _embedding(src_dict, cfg.encoder_embed_dim)
+            dec_embed = enc_embed
+        else:
+            enc_embed = _embedding(src_dict, cfg.encoder_embed_dim)
+            dec_embed = _embedding(tgt_dict, cfg.decoder_embed_dim)
+        tie = bool(cfg.share_all_embeddings or cfg.share_decoder_input_output_embed)
+        if tie and OUTPUT_PROJECTION in chosen["decoder"]:
+            raise ValueError("decoder.output_projection cannot be a K-matrix when the output embedding is tied")
+        encoder = KaleidoscopeLightConvEncoder(cfg, src_dict, enc_embed, chosen["encoder"])
+        decoder = KaleidoscopeLightConvDecoder(cfg, tgt_dict, dec_embed, chosen["decoder"], tie)
+        return cls(encoder, decoder)
+
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor):
+        encoder_out = self.encoder(src_tokens, src_lengths)
+        return self.decoder(prev_output_tokens, encoder_out=encoder_out)
+
+
+class KaleidoscopeLightConvEncoder(FairseqEncoder):
+    def __init__(self, cfg: object, dictionary: object, embed_tokens: nn.Embedding, kmatrix: frozenset[str]) -> None:
+        super().__init__(dictionary)
+        dim = embed_tokens.embedding_dim
+        self.dropout_module = FairseqDropout(cfg.dropout, module_name=type(self).__name__)
+        self.padding_idx = embed_tokens.padding_idx
+        self.max_source_positions = cfg.max_source_positions
+        self.embed_tokens = embed_tokens
+        self.embed_scale = math.sqrt(dim)
+        self.embed_positions = (
+            None
+            if cfg.no_token_positional_embeddings
+            else PositionalEmbedding(cfg.max_source_positions, dim, self.padding_idx, learned=cfg.encoder_learned_pos)
+        )
+        kopts = kmatrix_options(cfg)
+        sizes = _kernel_sizes(cfg.encoder_kernel_size_list, cfg.encoder_layers, "encoder")
+        self.layers = nn.ModuleList([LightConvEncoderLayer(cfg, k, kmatrix, kopts) for k in sizes])
+        self.layer_norm = LayerNorm(dim) if cfg.encoder_normalize_before else None
+
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor | None = None) -> dict[str, list[Tensor]]:
+        x = self.embed_scale * self.embed_tokens(src_tokens)
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(src_tokens)
+        x = self.dropout_module(x).transpose(0, 1)  # T x B x C
+        padding_mask = src_tokens.eq(self.padding_idx)
+        mask = padding_mask if padding_mask.any() else None
+        for layer in self.layers:
+            x = layer(x, mask)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        out = {"encoder_out": [x], "encoder_padding_mask": [] if mask is None else [mask]}
+        if src_lengths is not None:
+            out["src_lengths"] = [src_lengths]
+        return out
+
+    def reorder_encoder_out(self, encoder_out: dict[str, list[Tensor]], new_order: Tensor) -> dict[str, list[Tensor]]:
+        return {
+            "encoder_out": [t.index_select(1, new_order) for t in encoder_out["encoder_out"]],
+            "encoder_padding_mask": [t.index_select(0, new_order) for t in encoder_out.get("encoder_padding_mask", [])],
+        }
+
+    def max_positions(self) -> int:
+        if self.embed_positions is None:
+            return self.max_source_positions
+        return min(self.max_source_positions, self.embed_positions.max_positions)
+
+
+class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
+    def __init__(
+        self, cfg: object, dictionary: object, embed_tokens: nn.Embedding, kmatrix: frozenset[str], tie: bool
+    ) -> None:
+        super().__init__(dictionary)
+        dim = embed_tokens.embedding_dim
+        self.dropout_module = FairseqDropout(cfg.dropout, module_name=type(self).__name__)
+        self.max_target_positions = cfg.max_target_positions
+        self.embed_tokens = embed_tokens
+        self.embed_scale = math.sqrt(dim)
+        self.embed_positions = (
+            None
+            if cfg.no_token_positional_embeddings
+            else PositionalEmbedding(
+                cfg.max_target_positions, dim, embed_tokens.padding_idx, learned=cfg.decoder_learned_pos
+            )
+        )
+        kopts = kmatrix_options(cfg)
+        sizes = _kernel_sizes(cfg.decoder_kernel_size_list, cfg.decoder_layers, "decoder")
+        self.layers = nn.ModuleList([LightConvDecoderLayer(cfg, k, kmatrix, kopts) for k in sizes])
+        self.layer_norm = LayerNorm(dim) if cfg.decoder_normalize_before else None
+        if tie:
+            self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
+            self.output_projection.weight = embed_tokens.weight
+        elif OUTPUT_PROJECTION in kmatrix:
+            self.output_projection = make_linear(dim, len(dictionary), False, kopts)
+        else:
+            self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
+            nn.init.normal_(self.output_projection.weight, mean=0, std=dim**-0.5)
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: dict[str, list[Tensor]] | None = None,
+        incremental_state: IncrementalState | None = None,
+        features_only: bool = False,
+        **unused: object,
+    ):
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        if not features_only:
+            x = self.output_layer(x)
+        return x, extra
+
+    def extract_features(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: dict[str, list[Tensor]] | None = None,
+        incremental_state: IncrementalState | None = None,
+        **unused: object,
+    ):
+        positions = (
+            self.embed_positions(prev_output_tokens, incremental_state=incremental_state)
+            if self.embed_positions is not None
+            else None
+        )
+        if incremental_state is not None:
+            prev_output_tokens = prev_output_tokens[:, -1:]
+            positions = positions[:, -1:] if positions is not None else None
+        x = self.embed_scale * self.embed_tokens(prev_output_tokens)
+        if positions is not None:
+            x = x + positions
+        x = self.dropout_module(x).transpose(0, 1)  # T x B x C
+
+        enc, enc_mask = None, None
+        if encoder_out is not None:
+            enc = encoder_out["encoder_out"][0] if encoder_out["encoder_out"] else None
+            masks = encoder_out.get("encoder_padding_mask", [])
+            enc_mask = masks[0] if masks else None
+        inner_states: list[Tensor] = [x]
+        attn = None
+        for layer in self.layers:
+            x, attn = layer(x, enc, enc_mask, incremental_state)
+            inner_states.append(x)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        return self.output_projection(features)
+
+    def max_positions(self) -> int:
+        if self.embed_positions is None:
+            return self.max_target_positions
+        return min(self.max_target_positions, self.embed_positions.max_positions)
+
+
+# ``register_model(..., dataclass=...)`` also registers the architecture
+# ``kaleidoscope_lightconv`` itself, with the dataclass defaults.
+
+
+def base_architecture(args: object) -> None:
+    """Fill every option not set with the dataclass default."""
+    defaults = KaleidoscopeLightConvConfig()
+    for name in defaults.__dataclass_fields__:
+        if not name.startswith("_") and safe_getattr(args, name, None) is None:
+            setattr(args, name, getattr(defaults, name))
+
+
+@register_model_architecture("kaleidoscope_lightconv", "kaleidoscope_lightconv_iwslt_de_en")
+def lightconv_iwslt_de_en(args: object) -> None:
+    """fairseq's ``lightconv_iwslt_de_en`` with ``--encoder-glu 0 --decoder-glu 0`` (the paper's model)."""
+    for name, value in {
+        "encoder_embed_dim": 512,
+        "encoder_ffn_embed_dim": 1024,
+        "encoder_attention_heads": 4,
+        "encoder_layers": 7,
+        "decoder_embed_dim": 512,
+        "decoder_ffn_embed_dim": 1024,
+        "decoder_attention_heads": 4,
+        "decoder_layers": 6,
+        "attention_dropout": 0.1,
+        "weight_dropout": 0.1,
+        "input_dropout": 0.0,
+        "encoder_glu": 0,
+        "decoder_glu": 0,
+    }.items():
+        setattr(args, name, safe_getattr(args, name, value))
+    base_architecture(args)
+

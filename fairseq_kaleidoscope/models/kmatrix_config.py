@@ -1,0 +1,27 @@
+"""Model options shared by every Kaleidoscope architecture (``--kmatrix-*``)."""
+
+from dataclasses import dataclass, field
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from ..kmatrix.init import INITS
+
+KMATRIX_INIT_CHOICES = ChoiceEnum(list(INITS))
+
+
+@dataclass
+class KMatrixConfig(FairseqDataclass):
+    kmatrix_layers: str = field(
+        default="decoder.all",
+        metadata={
+            "help": "comma-separated linear sub-layers that become K-matrices, as encoder.NAME or decoder.NAME "
+            "(NAME: a sub-layer such as fc1 or attn_q, a group conv|attn|self_attn|ffn, or all); "
+            "decoder.output_projection (the vocabulary projection) only when named; 'none' for a dense model. "
+            "Default: every linear layer of the decoder (the Kaleidoscope paper's choice)."
+        },
+    )
+    kmatrix_nblocks: int = field(default=1, metadata={"help": "B·Bᵀ blocks per K-matrix"})
+    kmatrix_init: KMATRIX_INIT_CHOICES = field(default="ortho", metadata={"help": "K-matrix initialisation"})
+    kmatrix_lr_scale: float = field(
+        default=1.0, metadata={"help": "learning-rate multiplier for K-matrix (twiddle) parameters"}
+    )

@@ -1,0 +1,115 @@
+"""Which linear sub-layers are K-matrices (``--kmatrix-layers``) and how they are built.
+
+The spec is a comma-separated list of ``encoder.NAME`` / ``decoder.NAME`` entries, where
+NAME is a sub-layer of every layer on that side (e.g. ``fc1``) or a group (``ffn``,
+``conv``, ``attn``, ``self_attn``, ``all``); ``decoder.output_projection`` (the
+vocabulary projection) is never part of a group and must be asked for by name;
+``none`` alone means no K-matrix at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..kmatrix import KaleidoscopeLinear
+
+SIDES = ("encoder", "decoder")
+OUTPUT_PROJECTION = "output_projection"
+
+# Group name -> members; a group expands to the members an architecture has on that side.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "conv": ("conv_in", "conv_weight", "conv_out"),
+    "attn": ("attn_q", "attn_k", "attn_v", "attn_out"),
+    "self_attn": ("self_attn_q", "self_attn_k", "self_attn_v", "self_attn_out"),
+    "ffn": ("fc1", "fc2"),
+}
+
+
+@dataclass(frozen=True)
+class KMatrixOptions:
+    nblocks: int = 1
+    init: str = "ortho"
+    lr_scale: float = 1.0
+
+
+def parse_kmatrix_layers(spec: str, available: Mapping[str, Sequence[str]], arch: str) -> dict[str, frozenset[str]]:
+    """Parse ``--kmatrix-layers`` into ``{"encoder": {...}, "decoder": {...}}``.
+
+    ``available`` maps each side to its sub-layer names (``decoder`` may include
+    ``output_projection``). Unknown entries raise a ``ValueError`` listing every valid name.
+    """
+    chosen: dict[str, set[str]] = {side: set() for side in SIDES}
+    items = [s.strip() for s in str(spec).split(",") if s.strip()]
+    if items == ["none"]:
+        return {side: frozenset() for side in SIDES}
+    for item in items:
+        side, _, name = item.partition(".")
+        names = list(available.get(side, ()))
+        layer_names = [n for n in names if n != OUTPUT_PROJECTION]
+        groups = {g: [m for m in members if m in layer_names] for g, members in GROUPS.items()}
+        groups = {g: m for g, m in groups.items() if m}
+        if side in available and name == "all":
+            chosen[side].update(layer_names)
+        elif side in available and name in groups:
+            chosen[side].update(groups[name])
+        elif side in available and name in names:
+            chosen[side].add(name)
+        else:
+            valid = describe_kmatrix_layers(available)
+            raise ValueError(f"--kmatrix-layers: unknown entry {item!r} for {arch}. {valid}")
+    return {side: frozenset(chosen[side]) for side in SIDES}
+
+
+def describe_kmatrix_layers(available: Mapping[str, Sequence[str]]) -> str:
+    parts = []
+    for side, names in available.items():
+        layer_names = [n for n in names if n != OUTPUT_PROJECTION]
+        groups = [g for g, members in GROUPS.items() if any(m in layer_names for m in members)]
+        parts.append(f"{side}.{{{','.join(list(names) + groups + ['all'])}}}")
+    return "Valid entries (comma-separated): " + "; ".join(parts) + "; or 'none'."
+
+
+def make_linear(in_features: int, out_features: int, bias: bool, kmatrix: KMatrixOptions | None) -> nn.Module:
+    """A dense ``nn.Linear`` with fairseq's init, or a ``KaleidoscopeLinear`` tagged for the optimizer."""
+    if kmatrix is None:
+        m = nn.Linear(in_features, out_features, bias)
+        nn.init.xavier_uniform_(m.weight)
+        if bias:
+            nn.init.zeros_(m.bias)
+        return m
+    k = KaleidoscopeLinear(in_features, out_features, bias=bias, nblocks=kmatrix.nblocks, init=kmatrix.init)
+    if bias:
+        nn.init.zeros_(k.bias)
+    tag_kmatrix_parameter(k.twiddle, kmatrix.lr_scale)
+    return k
+
+
+def tag_kmatrix_parameter(p: torch.Tensor, lr_scale: float) -> None:
+    """Mark a twiddle for the optimizer: no weight decay, learning rate × ``lr_scale``.
+
+    ``param_group``/``optim_overrides`` are fairseq's own per-parameter tags (honoured by
+    ``--optimizer composite`` and copied by its fp16 wrappers); ``compat.optimizer``
+    makes the ordinary single optimizers honour them too.
+    """
+    p._optim = {"weight_decay": 0.0}
+    p.param_group = "kmatrix"
+    p.optim_overrides = {"optimizer": {"lr_scale": float(lr_scale), "weight_decay_scale": 0.0}}
+
+
+def replace_linear(parent: nn.Module, attr: str, kmatrix: KMatrixOptions) -> None:
+    """Swap ``parent.<attr>`` (an ``nn.Linear``) for a freshly initialised K-matrix of the same shape."""
+    old = getattr(parent, attr)
+    if not isinstance(old, nn.Linear):
+        raise TypeError(f"expected {type(parent).__name__}.{attr} to be nn.Linear, got {type(old).__name__}")
+    new = make_linear(old.in_features, old.out_features, old.bias is not None, kmatrix)
+    setattr(parent, attr, new.to(device=old.weight.device, dtype=old.weight.dtype))
+
+
+def kmatrix_options(cfg: object) -> KMatrixOptions:
+    return KMatrixOptions(
+        nblocks=int(cfg.kmatrix_nblocks), init=str(cfg.kmatrix_init), lr_scale=float(cfg.kmatrix_lr_scale)
+    )

@@ -1,0 +1,57 @@
+"""The compatibility fixes applied when the plugin is imported next to fairseq."""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fairseq")
+
+from fairseq.data import data_utils
+
+import fairseq_kaleidoscope.models  # noqa: F401  (applies the fixes)
+from fairseq_kaleidoscope.compat import batching, optimizer
+
+
+def test_last_partial_batch_is_kept() -> None:
+    indices = np.arange(20, dtype=np.int64)
+    kwargs = {"max_tokens": 1000, "required_batch_size_multiple": 8}
+    original = batching._original_batch_by_size(indices, lambda i: 5, **kwargs)
+    assert sum(len(b) for b in original) == 16  # fairseq drops the last 4 sentences
+    fixed = data_utils.batch_by_size(indices, lambda i: 5, **kwargs)
+    assert [list(b) for b in fixed[: len(original)]] == [list(b) for b in original]
+    assert np.array_equal(np.concatenate(fixed), indices)
+
+
+def test_full_batches_are_left_alone() -> None:
+    indices = np.arange(16, dtype=np.int64)
+    fixed = data_utils.batch_by_size(indices, lambda i: 5, max_sentences=8, required_batch_size_multiple=8)
+    assert [len(b) for b in fixed] == [8, 8]
+
+
+def _tagged(value: float, lr_scale: float, wd_scale: float) -> torch.nn.Parameter:
+    p = torch.nn.Parameter(torch.full((2,), value))
+    p.optim_overrides = {"optimizer": {"lr_scale": lr_scale, "weight_decay_scale": wd_scale}}
+    return p
+
+
+def test_tagged_param_groups_put_untagged_parameters_first() -> None:
+    plain, frozen = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+    a, b = _tagged(1.0, 2.0, 0.0), _tagged(2.0, 0.5, 1.0)
+    groups = optimizer.tagged_param_groups([a, plain, b, frozen], weight_decay=0.1)
+    assert [len(g["params"]) for g in groups] == [1, 1, 1]
+    assert groups[0]["params"][0] is plain and groups[0]["lr_scale"] == 1.0 and groups[0]["weight_decay"] == 0.1
+    by_param = {id(g["params"][0]): g for g in groups}
+    assert (by_param[id(a)]["lr_scale"], by_param[id(a)]["weight_decay"]) == (2.0, 0.0)
+    assert (by_param[id(b)]["lr_scale"], by_param[id(b)]["weight_decay"]) == (0.5, 0.1)
+
+
+def test_set_lr_scales_each_group() -> None:
+    from fairseq.optim.fairseq_optimizer import FairseqOptimizer
+
+    opt = FairseqOptimizer(cfg=None)
+    opt._optimizer = torch.optim.SGD(
+        [{"params": [torch.nn.Parameter(torch.zeros(1))]},
+         {"params": [torch.nn.Parameter(torch.zeros(1))], "lr_scale": 4.0}], lr=1.0)  # fmt: skip
+    opt.set_lr(0.25)
+    assert [g["lr"] for g in opt.param_groups] == [0.25, 1.0]
+    assert opt.get_lr() == 0.25

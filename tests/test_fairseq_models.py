@@ -1,0 +1,259 @@
+"""The registered architectures: K-matrices where --kmatrix-layers says, decoding, configs, optimizer groups."""
+
+import argparse
+
+import pytest
+import torch
+
+pytest.importorskip("fairseq")
+
+from fairseq import options
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.trainer import Trainer
+from omegaconf import OmegaConf
+
+from fairseq_kaleidoscope.kmatrix import KaleidoscopeLinear
+from fairseq_kaleidoscope.models.builder import (
+    DictionaryTask,
+    build_model_from_args,
+    build_model_from_config,
+    dummy_dictionary,
+)
+
+TINY_LIGHTCONV = [
+    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+    "--encoder-layers", "1", "--decoder-layers", "2",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+    "--encoder-kernel-size-list", "[3]", "--decoder-kernel-size-list", "[3,7]",
+]  # fmt: skip
+TINY_TRANSFORMER = [
+    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+    "--encoder-layers", "1", "--decoder-layers", "2",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+]  # fmt: skip
+ARCHS = {
+    "kaleidoscope_lightconv_iwslt_de_en": TINY_LIGHTCONV,
+    "kaleidoscope_lightconv": TINY_LIGHTCONV,
+    "kaleidoscope_transformer_iwslt_de_en": TINY_TRANSFORMER,
+}
+SRC_VOCAB, TGT_VOCAB = 30, 26
+
+# Module path (inside one layer) of every sub-layer name.
+LIGHTCONV_PATHS = {
+    "conv_in": "linear1", "conv_weight": "conv.weight_linear", "conv_out": "linear2", "fc1": "fc1", "fc2": "fc2",
+    "attn_q": "encoder_attn.q_proj", "attn_k": "encoder_attn.k_proj", "attn_v": "encoder_attn.v_proj",
+    "attn_out": "encoder_attn.out_proj",
+}  # fmt: skip
+TRANSFORMER_PATHS = {
+    "self_attn_q": "self_attn.q_proj", "self_attn_k": "self_attn.k_proj", "self_attn_v": "self_attn.v_proj",
+    "self_attn_out": "self_attn.out_proj", "fc1": "fc1", "fc2": "fc2",
+    "attn_q": "encoder_attn.q_proj", "attn_k": "encoder_attn.k_proj", "attn_v": "encoder_attn.v_proj",
+    "attn_out": "encoder_attn.out_proj",
+}  # fmt: skip
+
+
+def build(arch: str, *extra: str):
+    return build_model_from_args(["--arch", arch, *ARCHS[arch], *extra], SRC_VOCAB, TGT_VOCAB)
+
+
+def kmatrix_paths(model: torch.nn.Module) -> set[str]:
+    return {name for name, m in model.named_modules() if isinstance(m, KaleidoscopeLinear)}
+
+
+def expected_paths(model: torch.nn.Module, side_names: dict[str, list[str]], paths: dict[str, str]) -> set[str]:
+    out = set()
+    for side, names in side_names.items():
+        for i in range(len(getattr(model, side).layers)):
+            out.update(f"{side}.layers.{i}.{paths[n]}" for n in names if n != "output_projection")
+        if "output_projection" in names:
+            out.add(f"{side}.output_projection")
+    return out
+
+
+LIGHTCONV_CASES = [
+    ("", {"decoder": ["conv_in", "conv_weight", "conv_out", "attn_q", "attn_k", "attn_v", "attn_out", "fc1", "fc2"]}),
+    ("none", {}),
+    ("encoder.ffn", {"encoder": ["fc1", "fc2"]}),
+    ("encoder.conv,decoder.attn_q,decoder.fc2", {"encoder": ["conv_in", "conv_weight", "conv_out"],
+                                                  "decoder": ["attn_q", "fc2"]}),
+    ("decoder.conv_weight,decoder.output_projection", {"decoder": ["conv_weight", "output_projection"]}),
+    ("encoder.all", {"encoder": ["conv_in", "conv_weight", "conv_out", "fc1", "fc2"]}),
+]  # fmt: skip
+TRANSFORMER_CASES = [
+    ("", {"decoder": ["self_attn_q", "self_attn_k", "self_attn_v", "self_attn_out",
+                      "attn_q", "attn_k", "attn_v", "attn_out", "fc1", "fc2"]}),
+    ("none", {}),
+    ("encoder.self_attn,decoder.attn", {"encoder": ["self_attn_q", "self_attn_k", "self_attn_v", "self_attn_out"],
+                                        "decoder": ["attn_q", "attn_k", "attn_v", "attn_out"]}),
+    ("encoder.fc1,decoder.self_attn_v,decoder.output_projection",
+     {"encoder": ["fc1"], "decoder": ["self_attn_v", "output_projection"]}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("spec", "expected"), LIGHTCONV_CASES)
+@pytest.mark.parametrize("arch", ["kaleidoscope_lightconv_iwslt_de_en", "kaleidoscope_lightconv"])
+def test_lightconv_kmatrices_exactly_where_asked(arch: str, spec: str, expected: dict) -> None:
+    model, cfg = build(arch, *(["--kmatrix-layers", spec] if spec else []))
+    assert kmatrix_paths(model) == expected_paths(model, expected, LIGHTCONV_PATHS)
+    if not spec:
+        assert cfg.kmatrix_layers == "decoder.all"
+    # Every other linear map stays an nn.Linear; nothing left unused.
+    assert all(
+        isinstance(m, torch.nn.Linear) for n, m in model.named_modules() if n.endswith(("_proj", "linear1", "fc1"))
+        and n not in kmatrix_paths(model)
+    )
+
+
+@pytest.mark.parametrize(("spec", "expected"), TRANSFORMER_CASES)
+def test_transformer_kmatrices_exactly_where_asked(spec: str, expected: dict) -> None:
+    model, _ = build("kaleidoscope_transformer_iwslt_de_en", *(["--kmatrix-layers", spec] if spec else []))
+    assert kmatrix_paths(model) == expected_paths(model, expected, TRANSFORMER_PATHS)
+
+
+def test_options_reach_the_kmatrices() -> None:
+    model, cfg = build("kaleidoscope_lightconv", "--kmatrix-nblocks", "2", "--kmatrix-init", "identity",
+                       "--kmatrix-layers", "decoder.fc1")  # fmt: skip
+    kmats = [m for m in model.modules() if isinstance(m, KaleidoscopeLinear)]
+    assert len(kmats) == len(model.decoder.layers)
+    assert all((k.nblocks, k.init) == (2, "identity") for k in kmats)
+    assert (cfg.kmatrix_nblocks, str(cfg.kmatrix_init)) == (2, "identity")
+
+
+def test_iwslt_architecture_is_fairseqs_lightconv_iwslt_without_glu() -> None:
+    _, cfg = build_model_from_args(["--arch", "kaleidoscope_lightconv_iwslt_de_en", "--kmatrix-layers", "none"],
+                                   SRC_VOCAB, TGT_VOCAB)  # fmt: skip
+    assert (cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads, cfg.encoder_layers) == (
+        512, 1024, 4, 7)  # fmt: skip
+    assert (cfg.decoder_layers, list(cfg.decoder_kernel_size_list)) == (6, [3, 7, 15, 31, 31, 31])
+    assert (cfg.encoder_glu, cfg.decoder_glu, cfg.weight_dropout, cfg.attention_dropout, cfg.input_dropout) == (
+        0, 0, 0.1, 0.1, 0.0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("decoder.fc3", "decoder.fc3"),
+        ("encoder.attn_q", "encoder.attn_q"),  # lightconv encoders have no attention
+        ("middle.fc1", "middle.fc1"),
+        ("decoder", "'decoder'"),
+    ],
+)
+def test_unknown_kmatrix_layers_are_rejected_with_the_valid_names(spec: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as err:
+        build("kaleidoscope_lightconv", "--kmatrix-layers", spec)
+    for valid in ("encoder.{conv_in,conv_weight,conv_out,fc1,fc2", "decoder.{", "attn_q", "output_projection", "none"):
+        assert valid in str(err.value)
+
+
+def test_tied_output_projection_cannot_be_a_kmatrix() -> None:
+    with pytest.raises(ValueError, match="tied"):
+        build("kaleidoscope_transformer_iwslt_de_en", "--share-decoder-input-output-embed",
+              "--kmatrix-layers", "decoder.output_projection")  # fmt: skip
+
+
+def _decode_both_ways(model: torch.nn.Module, tgt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    model.eval()
+    src = torch.randint(4, SRC_VOCAB, (3, 6))
+    src[0, :2] = 1  # left padding, as fairseq batches sources
+    lengths = (src != 1).sum(1)
+    prev = torch.randint(4, TGT_VOCAB, (3, tgt_len))
+    prev[:, 0] = 2
+    with torch.no_grad():
+        full, _ = model(src, lengths, prev)
+        enc = model.encoder(src, lengths)
+        state: dict = {}
+        steps = [model.decoder(prev[:, : t + 1], enc, incremental_state=state)[0] for t in range(tgt_len)]
+    return full, torch.cat(steps, 1)
+
+
+@pytest.mark.parametrize("tgt_len", [4, 12])  # shorter and longer than the decoder's 7-tap kernel
+@pytest.mark.parametrize(
+    ("arch", "spec"),
+    [
+        ("kaleidoscope_lightconv_iwslt_de_en", "decoder.all,decoder.output_projection"),
+        ("kaleidoscope_lightconv", "none"),
+        ("kaleidoscope_transformer_iwslt_de_en", "encoder.all,decoder.all"),
+    ],
+)
+def test_incremental_decoding_equals_full_forward(arch: str, spec: str, tgt_len: int) -> None:
+    model, _ = build(arch, "--kmatrix-layers", spec, "--kmatrix-init", "randn")
+    full, incremental = _decode_both_ways(model, tgt_len)
+    assert full.shape == (3, tgt_len, TGT_VOCAB)
+    torch.testing.assert_close(incremental, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_saved_config_rebuilds_the_same_model(arch: str) -> None:
+    model, cfg = build(arch, "--kmatrix-layers", "encoder.ffn,decoder.all", "--kmatrix-nblocks", "2")
+    # What a checkpoint stores: plain containers, read back as an OmegaConf config.
+    saved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    src, tgt = dummy_dictionary(SRC_VOCAB), dummy_dictionary(TGT_VOCAB)
+    rebuilt = build_model_from_config(saved, src, tgt)
+    assert kmatrix_paths(rebuilt) == kmatrix_paths(model)
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    a, _ = _decode_both_ways(model, 5)
+    b, _ = _decode_both_ways(rebuilt, 5)
+    torch.testing.assert_close(a, b)
+
+
+def _trainer(arch: str, *extra: str) -> Trainer:
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, input_args=[
+        "unused-data-dir", "--arch", arch, *ARCHS[arch], "--cpu",
+        "--optimizer", "adam", "--lr", "0.002", "--weight-decay", "0.01",
+        "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10", "--warmup-init-lr", "1e-7", *extra,
+    ])  # fmt: skip
+    cfg = convert_namespace_to_omegaconf(args)
+    task = DictionaryTask(dummy_dictionary(SRC_VOCAB), dummy_dictionary(TGT_VOCAB))
+    model, _ = build_model_from_args(["--arch", arch, *ARCHS[arch], *extra], SRC_VOCAB, TGT_VOCAB)
+    criterion = torch.nn.Module()  # no parameters; the trainer only collects them
+    return Trainer(cfg, task, model, criterion)
+
+
+@pytest.mark.parametrize("arch", ["kaleidoscope_lightconv_iwslt_de_en", "kaleidoscope_transformer_iwslt_de_en"])
+def test_trainer_optimizer_scales_lr_and_skips_weight_decay_for_kmatrices(arch: str) -> None:
+    trainer = _trainer(arch, "--kmatrix-lr-scale", "3")
+    twiddles = {id(m.twiddle) for m in trainer.model.modules() if isinstance(m, KaleidoscopeLinear)}
+    groups = trainer.optimizer.param_groups
+    assert len(groups) == 2
+    dense, kmat = groups
+    assert {id(p) for p in kmat["params"]} == twiddles
+    assert not twiddles & {id(p) for p in dense["params"]}
+    assert (dense["weight_decay"], kmat["weight_decay"]) == (0.01, 0.0)
+    for num_updates in (0, 5, 40):  # warm-up and decay: the ratio holds at every step
+        lr = trainer.lr_step_update() if num_updates == 0 else trainer.lr_scheduler.step_update(num_updates)
+        assert trainer.get_lr() == pytest.approx(lr)
+        assert kmat["lr"] == pytest.approx(3 * dense["lr"])
+        assert dense["lr"] == pytest.approx(lr)
+
+
+def test_trainer_optimizer_is_unchanged_for_dense_models() -> None:
+    trainer = _trainer("kaleidoscope_lightconv", "--kmatrix-layers", "none")
+    (group,) = trainer.optimizer.param_groups
+    assert group["weight_decay"] == 0.01 and "lr_scale" not in group
+
+
+def test_kmatrix_parameters_carry_fairseqs_own_group_tags() -> None:
+    """``--optimizer composite`` users get the same scaling from fairseq's tags."""
+    model, _ = build("kaleidoscope_lightconv", "--kmatrix-lr-scale", "0.5")
+    for m in model.modules():
+        if isinstance(m, KaleidoscopeLinear):
+            assert m.twiddle.param_group == "kmatrix"
+            assert m.twiddle.optim_overrides == {"optimizer": {"lr_scale": 0.5, "weight_decay_scale": 0.0}}
+            assert m.twiddle._optim == {"weight_decay": 0.0}
+
+
+def test_namespace_built_model_matches_dataclass_built_model() -> None:
+    """``build_model`` also accepts an argparse.Namespace (as older fairseq entry points pass)."""
+    from fairseq_kaleidoscope.models.kaleidoscope_lightconv import KaleidoscopeLightConvModel, lightconv_iwslt_de_en
+
+    ns = argparse.Namespace(kmatrix_layers="decoder.ffn")
+    lightconv_iwslt_de_en(ns)
+    ns.encoder_layers, ns.decoder_layers = 1, 1
+    ns.encoder_kernel_size_list, ns.decoder_kernel_size_list = [3], [3]
+    task = DictionaryTask(dummy_dictionary(SRC_VOCAB), dummy_dictionary(TGT_VOCAB))
+    model = KaleidoscopeLightConvModel.build_model(ns, task)
+    assert kmatrix_paths(model) == {"decoder.layers.0.fc1", "decoder.layers.0.fc2"}

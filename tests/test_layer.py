@@ -1,0 +1,176 @@
+"""KaleidoscopeLinear as a drop-in nn.Linear: shapes, inits, dense form, errors, fallback."""
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from fairseq_kaleidoscope import KaleidoscopeLinear, param_groups
+from fairseq_kaleidoscope.kmatrix import HAS_EXTENSION, is_kmatrix_parameter, uses_compiled_kernel
+
+SHAPES = [(512, 1024), (1024, 512), (300, 700), (1, 5), (64, 64), (7, 3)]
+
+
+def test_extension_is_built():
+    """CI builds the extension: a silent fallback to the reference would hide a broken build."""
+    assert HAS_EXTENSION
+    assert uses_compiled_kernel(torch.zeros(1))
+
+
+@pytest.mark.parametrize("in_f,out_f", SHAPES)
+@pytest.mark.parametrize("nblocks", [1, 2])
+def test_forward_agrees_with_to_dense(in_f, out_f, nblocks):
+    layer = KaleidoscopeLinear(in_f, out_f, nblocks=nblocks, init="randn").double()
+    x = torch.randn(2, 3, in_f, dtype=torch.float64)
+    w = layer.to_dense()
+    assert w.shape == (out_f, in_f)
+    y = layer(x)
+    assert y.shape == (2, 3, out_f)
+    torch.testing.assert_close(y, x @ w.T + layer.bias)
+    torch.testing.assert_close(y, nn.functional.linear(x, w, layer.bias))
+
+
+@pytest.mark.parametrize("in_f,out_f", SHAPES)
+def test_gradients_match_dense_equivalent(in_f, out_f):
+    layer = KaleidoscopeLinear(in_f, out_f).double()
+    x = torch.randn(4, in_f, dtype=torch.float64, requires_grad=True)
+    layer(x).square().sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    (x2 @ layer.to_dense().T.detach() + layer.bias.detach()).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    assert layer.twiddle.grad is not None and layer.twiddle.grad.abs().sum() > 0
+    torch.testing.assert_close(layer.bias.grad, 2 * layer(x).detach().sum(0))
+
+
+@pytest.mark.parametrize("n,nblocks", [(2, 1), (64, 1), (256, 2), (1024, 1)])
+def test_ortho_init_is_orthogonal(n, nblocks):
+    w = KaleidoscopeLinear(n, n, nblocks=nblocks, init="ortho", dtype=torch.float64).to_dense()
+    torch.testing.assert_close(w @ w.T, torch.eye(n, dtype=torch.float64))
+
+
+def test_ortho_init_is_random_with_both_determinants():
+    layers = [KaleidoscopeLinear(2, 2, init="ortho", dtype=torch.float64) for _ in range(40)]
+    dets = {round(torch.linalg.det(layer.to_dense()).item()) for layer in layers}
+    assert dets == {-1, 1}
+
+
+def test_identity_init():
+    torch.testing.assert_close(KaleidoscopeLinear(16, 16, init="identity").to_dense(), torch.eye(16))
+    w = KaleidoscopeLinear(3, 10, init="identity").to_dense()  # n=4, three stacked identities, 10 rows kept
+    torch.testing.assert_close(w, torch.eye(4).repeat(3, 1)[:10, :3])
+
+
+@pytest.mark.parametrize("in_f,out_f", [(512, 512), (300, 700), (1024, 256)])
+def test_randn_init_matches_linear_output_variance(in_f, out_f):
+    torch.manual_seed(0)
+    x = torch.randn(256, in_f)
+    with torch.no_grad():
+        dense = torch.stack([nn.Linear(in_f, out_f, bias=False)(x).var() for _ in range(8)]).mean()
+        kmat = torch.stack([KaleidoscopeLinear(in_f, out_f, bias=False, init="randn")(x).var() for _ in range(8)])
+    assert abs(dense.item() - 1 / 3) < 0.02
+    # every draw, not just the average, has nn.Linear's output scale
+    assert ((kmat / dense - 1).abs() < 0.3).all(), kmat
+    assert abs(kmat.mean() / dense - 1) < 0.1, kmat
+
+
+def test_bias_init_like_linear():
+    layer = KaleidoscopeLinear(100, 300)
+    assert layer.bias.shape == (300,)
+    assert layer.bias.abs().max() <= 0.1
+    assert layer.bias.std() > 0.03
+
+
+def test_parameter_count_is_n_log_n():
+    layer = KaleidoscopeLinear(1024, 1024, bias=False)
+    count = sum(p.numel() for p in layer.parameters())
+    assert count == 4 * 1024 * 10
+    assert count < 0.05 * 1024 * 1024
+    assert sum(p.numel() for p in KaleidoscopeLinear(300, 700, nblocks=2).parameters()) == 2 * 4 * 512 * 9 * 2 + 700
+
+
+def test_empty_batch_and_leading_dims():
+    layer = KaleidoscopeLinear(10, 20)
+    x = torch.randn(0, 4, 10, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (0, 4, 20)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert layer(torch.randn(10)).shape == (20,)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_inputs_propagate_like_linear(bad):
+    layer = KaleidoscopeLinear(16, 16, init="randn")
+    dense = nn.Linear(16, 16)
+    x = torch.randn(3, 16)
+    x[1, 5] = bad
+    y, yd = layer(x), dense(x)
+    assert torch.equal(torch.isfinite(y), torch.isfinite(yd))
+    assert torch.isfinite(y[[0, 2]]).all() and not torch.isfinite(y[1]).any()
+
+
+def test_bad_inputs_raise_clear_errors():
+    layer = KaleidoscopeLinear(16, 8)
+    with pytest.raises(ValueError, match=r"expected input of shape \(\.\.\., 16\), got \(3, 15\)"):
+        layer(torch.randn(3, 15))
+    with pytest.raises(TypeError, match=r"input dtype torch\.float64 differs"):
+        layer(torch.randn(3, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match="input is on meta"):
+        layer(torch.randn(3, 16, device="meta"))
+    with pytest.raises(ValueError, match="unknown K-matrix init 'bogus'"):
+        KaleidoscopeLinear(16, 8, init="bogus")
+    with pytest.raises(ValueError, match="nblocks must be >= 1"):
+        KaleidoscopeLinear(16, 8, nblocks=0)
+    with pytest.raises(ValueError, match="in_features and out_features must be >= 1"):
+        KaleidoscopeLinear(0, 8)
+
+
+def test_param_groups_leave_twiddles_out_of_weight_decay():
+    model = nn.Sequential(KaleidoscopeLinear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    groups = param_groups(model, weight_decay=0.1, lr=1e-3, kmatrix_lr_scale=2.0)
+    dense, kmat = groups
+    assert dense["weight_decay"] == 0.1 and "lr" not in dense
+    assert kmat["weight_decay"] == 0.0 and kmat["lr"] == pytest.approx(2e-3)
+    assert [p.shape for p in kmat["params"]] == [model[0].twiddle.shape]
+    assert all(not is_kmatrix_parameter(p) for p in dense["params"]) and len(dense["params"]) == 3
+    # the tag survives the copies fairseq and users make (EMA, cloning)
+    assert is_kmatrix_parameter(copy.deepcopy(model)[0].twiddle)
+    assert is_kmatrix_parameter(copy.deepcopy(model).double()[0].twiddle)
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    model(torch.randn(2, 16)).sum().backward()
+    opt.step()
+
+
+def test_torch_compile_traces_the_op():
+    model = nn.Sequential(KaleidoscopeLinear(32, 64), nn.GELU(), KaleidoscopeLinear(64, 20))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(5, 32, requires_grad=True)
+    torch.testing.assert_close(compiled(x), model(x))
+    compiled(x).sum().backward()
+    assert x.grad is not None
+
+
+def test_fallback_without_extension_warns_once_and_works():
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['fairseq_kaleidoscope._C'] = None  # makes the import fail\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import torch, fairseq_kaleidoscope as fk\n"
+        "    layer = fk.KaleidoscopeLinear(12, 20)\n"
+        "    x = torch.randn(3, 12)\n"
+        "    y = layer(x); y.sum().backward(); layer(x)\n"
+        "msgs = [str(m.message) for m in w if 'compiled extension' in str(m.message)]\n"
+        "assert len(msgs) == 1, msgs\n"
+        "assert not fk.kmatrix.HAS_EXTENSION\n"
+        "torch.testing.assert_close(y, x @ layer.to_dense().T + layer.bias)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

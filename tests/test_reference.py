@@ -1,0 +1,56 @@
+"""The reference itself against an independent, loop-by-loop dense construction."""
+
+import numpy as np
+import pytest
+import torch
+
+from fairseq_kaleidoscope.kmatrix import butterfly_multiply_ref
+
+
+def dense_factor(tw: np.ndarray, n: int, stride: int) -> np.ndarray:
+    """The n×n matrix of one factor, written straight from the definition."""
+    m = np.zeros((n, n), dtype=tw.dtype)
+    p = 0
+    for i in range(n):
+        if i % (2 * stride) < stride:
+            (a, b), (c, d) = tw[p]
+            j = i + stride
+            m[i, i], m[i, j], m[j, i], m[j, j] = a, b, c, d
+            p += 1
+    return m
+
+
+def dense_kmatrix(tw: np.ndarray, increasing: bool) -> np.ndarray:
+    """tw: (nbutterflies, log n, n/2, 2, 2) -> the matrix M with y = M x."""
+    nbutterflies, log_n = tw.shape[:2]
+    n = 2**log_n
+    m = np.eye(n, dtype=tw.dtype)
+    for b in range(nbutterflies):
+        inc = increasing != (b % 2 == 1)
+        for k in range(log_n) if inc else reversed(range(log_n)):
+            m = dense_factor(tw[b, k], n, 2**k) @ m
+    return m
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 32])
+@pytest.mark.parametrize("nbutterflies", [1, 2, 3])
+@pytest.mark.parametrize("increasing", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_reference_matches_dense_definition(n, nbutterflies, increasing, dtype):
+    log_n = n.bit_length() - 1
+    tw = torch.randn(2, nbutterflies, log_n, n // 2, 2, 2, dtype=dtype)
+    x = torch.randn(5, 2, n, dtype=dtype)
+    out = butterfly_multiply_ref(tw, x, increasing)
+    for s in range(2):
+        want = x[:, s].numpy() @ dense_kmatrix(tw[s].numpy(), increasing).T
+        np.testing.assert_allclose(out[:, s].numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_block_is_butterfly_times_transposed_butterfly():
+    """With increasing_stride=False, butterflies (0, 1) form B Bᵀ: B₂ᵀ is B₁ transposed factor-wise."""
+    n, log_n = 16, 4
+    tw1 = torch.randn(log_n, n // 2, 2, 2, dtype=torch.float64)
+    tw = torch.stack([tw1.transpose(-1, -2), tw1])[None]  # (1, 2, log n, n/2, 2, 2)
+    b = dense_kmatrix(tw1[None].numpy(), increasing=True)
+    m = butterfly_multiply_ref(tw, torch.eye(n, dtype=torch.float64)[:, None], False)[:, 0].T.numpy()
+    np.testing.assert_allclose(m, b @ b.T, rtol=1e-12, atol=1e-12)
