@@ -326,8 +326,9 @@ void small_wide_factor(T* const* rows, int g, int64_t n, Factor<T> fa, const Tab
 
 // A run of factors with strides < W on `g` rows, 2W coordinates (W pairs) at a time held
 // in two registers. pos[] tracks which lane holds which coordinate, so each factor needs
-// one permutation per operand and the natural order is restored only at the end.
-template <typename T>
+// one permutation per operand and the natural order is restored only at the end. CH
+// independent chunks are interleaved: a single row is otherwise one long dependency chain.
+template <typename T, int CH>
 void small_narrow_run(T* const* rows, int g, int64_t n, const Factor<T>* fs, int len, const Tables<T>& tb) {
   using V = Vec<T>;
   constexpr int W = V::W;
@@ -346,19 +347,29 @@ void small_narrow_run(T* const* rows, int g, int64_t n, const Factor<T>* fs, int
   }
   for (int q = 0; q < W; ++q) li[q] = pos[q], lj[q] = pos[W + q];
   back_lo = V::make_idx(li), back_hi = V::make_idx(lj);
-  typename V::V ta[kMaxRun], tbv[kMaxRun], tc[kMaxRun], td[kMaxRun];
-  for (int64_t c0 = 0; c0 < n; c0 += 2 * W) {
-    for (int k = 0; k < len; ++k) load_twiddles<T>(fs[k].tw + 4 * (c0 / 2), tb, ta[k], tbv[k], tc[k], td[k]);
+  typename V::V ta[kMaxRun][CH], tbv[kMaxRun][CH], tc[kMaxRun][CH], td[kMaxRun][CH];
+  for (int64_t c0 = 0; c0 < n; c0 += 2 * W * CH) {
+    for (int k = 0; k < len; ++k)
+      for (int h = 0; h < CH; ++h)
+        load_twiddles<T>(fs[k].tw + 4 * (c0 / 2 + h * W), tb, ta[k][h], tbv[k][h], tc[k][h], td[k][h]);
     for (int r = 0; r < g; ++r) {
       T* x = rows[r] + c0;
-      typename V::V p = V::load(x), q = V::load(x + W);
+      typename V::V p[CH], q[CH];
+#pragma GCC unroll 4
+      for (int h = 0; h < CH; ++h) p[h] = V::load(x + 2 * W * h), q[h] = V::load(x + 2 * W * h + W);
       for (int k = 0; k < len; ++k) {
-        const typename V::V u = V::permute2(p, q, take_i[k]), v = V::permute2(p, q, take_j[k]);
-        p = V::fmadd(tbv[k], v, V::mul(ta[k], u));
-        q = V::fmadd(td[k], v, V::mul(tc[k], u));
+#pragma GCC unroll 4
+        for (int h = 0; h < CH; ++h) {
+          const typename V::V u = V::permute2(p[h], q[h], take_i[k]), v = V::permute2(p[h], q[h], take_j[k]);
+          p[h] = V::fmadd(tbv[k][h], v, V::mul(ta[k][h], u));
+          q[h] = V::fmadd(td[k][h], v, V::mul(tc[k][h], u));
+        }
       }
-      V::store(x, V::permute2(p, q, back_lo));
-      V::store(x + W, V::permute2(p, q, back_hi));
+#pragma GCC unroll 4
+      for (int h = 0; h < CH; ++h) {
+        V::store(x + 2 * W * h, V::permute2(p[h], q[h], back_lo));
+        V::store(x + 2 * W * h + W, V::permute2(p[h], q[h], back_hi));
+      }
     }
   }
 }
@@ -400,7 +411,13 @@ void forward_small(const Problem<T>& P, int64_t s, int64_t row_begin, int64_t ro
           run[len] = factor_at(P, tw_stack, f);
           if (run[len].stride >= W) break;
         }
-        small_narrow_run<T>(rows, g, n, run, len, tb);
+        if (n >= 8 * W) {
+          small_narrow_run<T, 4>(rows, g, n, run, len, tb);
+        } else if (n >= 4 * W) {
+          small_narrow_run<T, 2>(rows, g, n, run, len, tb);
+        } else {
+          small_narrow_run<T, 1>(rows, g, n, run, len, tb);
+        }
       }
     }
     if (bias != nullptr) {
