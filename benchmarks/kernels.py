@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -123,15 +124,20 @@ def make_calls(n: int, batch: int, backward: bool, with_ref: bool) -> dict[str, 
 
 
 def measure(calls: dict[str, Callable[[], object]], min_time: float) -> dict[str, float]:
-    """Median seconds per call; the implementations take turns (interleaved), after warm-up."""
+    """Median seconds per call after warm-up. The implementations take turns, in a new random
+    order every round, so that neither load from other processes nor what ran just before
+    (caches) favours one of them."""
     for fn in calls.values():  # warm-up: allocations, caches, thread pool
         fn()
         fn()
     samples: dict[str, list[float]] = {k: [] for k in calls}
+    order = list(calls.items())
+    rng = random.Random(0)
     start = time.perf_counter()
     reps = 0
     while reps < 5 or (time.perf_counter() - start < min_time * len(calls) and reps < 200):
-        for name, fn in calls.items():
+        rng.shuffle(order)
+        for name, fn in order:
             t0 = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - t0)
