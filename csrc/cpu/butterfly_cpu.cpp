@@ -92,6 +92,19 @@ int64_t grain_for(int64_t rows_per_task, int64_t n, int64_t factors) {
   return std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, rows_per_task * n * factors));
 }
 
+// Per-thread scratch, kept between calls and grown when needed: a fresh allocation of
+// the backward's buffers (up to a few MB) costs page faults and zeroing on every call,
+// which at batch 1 took longer than the kernel.
+template <typename T>
+T* thread_scratch(size_t count) {
+  thread_local std::vector<char> buffer;
+  const size_t bytes = count * sizeof(T) + 64;
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  // 64-byte aligned start (SIMD loads are unaligned anyway; this keeps rows on lines).
+  const uintptr_t p = reinterpret_cast<uintptr_t>(buffer.data());
+  return reinterpret_cast<T*>((p + 63) & ~uintptr_t{63});
+}
+
 // Rows of one stack below which the pair-vectorised path beats padding a tile.
 template <typename T>
 int64_t small_rows_limit(const cpu::Kernels<T>& K) {
@@ -114,10 +127,10 @@ void forward(const cpu::Problem<T>& P) {
   const int64_t ntiles = (tiled + W - 1) / W;
   if (ntiles > 0) {
     at::parallel_for(0, P.nstacks * ntiles, grain_for(W, P.n, F), [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(K.tile_scratch(P));
+      T* scratch = thread_scratch<T>(K.tile_scratch(P));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t s = task / ntiles, t = task % ntiles;
-        K.forward_tiles(P, s, t * W, std::min(tiled, (t + 1) * W), scratch.data());
+        K.forward_tiles(P, s, t * W, std::min(tiled, (t + 1) * W), scratch);
       }
     });
   }
@@ -126,10 +139,10 @@ void forward(const cpu::Problem<T>& P) {
     constexpr int64_t kGroup = 8;
     const int64_t ngroups = (rest + kGroup - 1) / kGroup;
     at::parallel_for(0, P.nstacks * ngroups, grain_for(kGroup, P.n, F), [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(K.small_scratch(P));
+      T* scratch = thread_scratch<T>(K.small_scratch(P));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t s = task / ngroups, g = task % ngroups;
-        K.forward_small(P, s, tiled + g * kGroup, std::min(P.batch, tiled + (g + 1) * kGroup), scratch.data());
+        K.forward_small(P, s, tiled + g * kGroup, std::min(P.batch, tiled + (g + 1) * kGroup), scratch);
       }
     });
   }
@@ -178,16 +191,16 @@ std::tuple<at::Tensor, at::Tensor> butterfly_multiply_backward_cpu(const at::Ten
       P.checkpoint_every = checkpoint_every(P, W);
       scalar_t* pp = partial.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, P.nstacks * ntiles, grain_for(W, P.n, 3 * F), [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> scratch(K.backward_scratch(P));
+        scalar_t* scratch = thread_scratch<scalar_t>(K.backward_scratch(P));
         scalar_t* dtw = pp + at::get_thread_num() * twiddle.numel();
         for (int64_t task = begin; task < end; ++task) {
           const int64_t s = task / ntiles, t = task % ntiles;
-          K.backward_tiles(P, s, t * W, std::min(P.batch, (t + 1) * W), scratch.data(), dtw + s * stack_tw);
+          K.backward_tiles(P, s, t * W, std::min(P.batch, (t + 1) * W), scratch, dtw + s * stack_tw);
         }
       });
     });
   }
-  return {partial.sum(0).view(twiddle.sizes()), grad_input};
+  return {(nthreads == 1 ? partial : partial.sum(0)).view(twiddle.sizes()), grad_input};
 }
 
 void set_cpu_kernel(std::string isa, std::string path) {
