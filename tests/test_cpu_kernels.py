@@ -154,3 +154,19 @@ def test_selection_errors() -> None:
         OPS.set_cpu_kernel("auto", "sideways")
     assert get_cpu_kernel() == before
     assert "portable" in supported_isas()
+
+
+@pytest.mark.parametrize(("isa", "path"), KERNELS)
+def test_empty_batch(isa: str, path: str) -> None:
+    tw, x, bias = make(16, 0, 2, 2, torch.float32)
+    with forced_cpu_kernel(isa, path):
+        assert OPS.butterfly_multiply(tw, x, bias, False).shape == (0, 2, 16)
+        dtw, dx = OPS.butterfly_multiply_backward(torch.zeros_like(x), tw, x, False)
+    assert dx.shape == x.shape and dtw.shape == tw.shape and not dtw.any()
+
+
+def test_forced_kernel_is_restored() -> None:
+    before = get_cpu_kernel()
+    with forced_cpu_kernel("portable", "small"):
+        assert get_cpu_kernel() == ("portable", "small")
+    assert get_cpu_kernel() == before
