@@ -208,6 +208,10 @@ def fixed_overhead() -> dict[str, float]:
     return {k: v * 1e6 for k, v in measure({k: calls[k] for k in ("dense", "kmat1")}, 0.2).items()}
 
 
+def fmt_load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{v:.1f}" for v in load)
+
+
 def write_markdown(path: Path, meta: dict, rows: list[dict]) -> None:
     lines = [
         "# K-matrix vs dense: CPU time per call",
@@ -221,7 +225,9 @@ def write_markdown(path: Path, meta: dict, rows: list[dict]) -> None:
         "(speed-up over dense). kmat1 / kmat2: K-matrix with nblocks = 1 / 2 (bias fused). "
         "ref: the plain-PyTorch reference, nblocks = 1 (— where too slow to run).",
         f"Fixed per-call cost at n=2, batch 1, 1 thread: dense {meta['overhead']['dense']:.1f} µs, "
-        f"kmat1 {meta['overhead']['kmat1']:.1f} µs.",
+        f"kmat1 {meta['overhead']['kmat1']:.1f} µs. Load average (1, 5, 15 min) at the start "
+        f"{fmt_load(meta['loadavg_start'])}, at the end {fmt_load(meta['loadavg_end'])}: other processes "
+        "sharing the cores make the timings noisier, the all-thread ones most.",
         "",
     ]
     for threads in sorted({r["threads"] for r in rows}):
@@ -286,11 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/kernels.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "threads": args.threads,
         "overhead": fixed_overhead(),
+        "loadavg_start": os.getloadavg(),
     }
     print(f"CPU: {meta['cpu']}; threads {args.threads}; kernel ISA {isa}; torch {meta['torch']}")
     print(HEADER)
     rows = run_grid(args)
     torch.set_num_threads(default_threads)
+    meta["loadavg_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     write_markdown(args.out / "results.md", meta, rows)
