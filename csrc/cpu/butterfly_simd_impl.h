@@ -227,7 +227,9 @@ void tile_factor_pair(T* buf, int64_t n, Factor<T> f1, Factor<T> f2) {
   }
 }
 
-// Factors [f0, f1) in place on a tile buffer, two per pass.
+// Factors [f0, f1) in place on a tile buffer, two per pass. (Three per pass, on 8
+// coordinates at a time, measured 5-20% slower on Zen 4: the pair version is not
+// limited by traffic to the buffer.)
 template <typename T>
 void tile_factors(const Problem<T>& P, const T* tw_stack, T* buf, int64_t f0, int64_t f1) {
   int64_t f = f0;
