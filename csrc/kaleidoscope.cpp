@@ -21,4 +21,8 @@ TORCH_LIBRARY(kaleidoscope, m) {
   m.def(
       "butterfly_multiply_backward(Tensor grad, Tensor twiddle, Tensor input, bool increasing_stride)"
       " -> (Tensor, Tensor)");
+  // CPU kernel selection, for tests and benchmarks: isa in {auto, avx512, avx2, portable},
+  // path in {auto, tiles, small}. get_cpu_kernel returns [isa in use, path, supported isas].
+  m.def("set_cpu_kernel(str isa, str path) -> ()");
+  m.def("get_cpu_kernel() -> str[]");
 }

@@ -1,0 +1,172 @@
+"""The compiled CPU kernels against the plain-PyTorch reference, every code path forced in
+turn: instruction set (AVX-512, AVX2, portable C++) x forward path (batch-vectorised tiles,
+pair-vectorised small batch), 1 and 2 threads, float32 and float64."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from fairseq_kaleidoscope.kmatrix.ops import HAS_EXTENSION, butterfly_multiply
+from fairseq_kaleidoscope.kmatrix.reference import butterfly_multiply_ref
+
+pytestmark = pytest.mark.skipif(not HAS_EXTENSION, reason="compiled extension not built")
+
+if HAS_EXTENSION:
+    from fairseq_kaleidoscope.kmatrix.cpu_kernel import PATHS, forced_cpu_kernel, get_cpu_kernel, supported_isas
+
+    KERNELS = [(isa, path) for isa in supported_isas() for path in PATHS]
+else:  # pragma: no cover
+    KERNELS = []
+
+OPS = torch.ops.kaleidoscope
+TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
+
+
+@pytest.fixture
+def threads():
+    """Restore the thread count after a test that changes it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def make(n: int, batch: int, nstacks: int, nbutterflies: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    log_n = n.bit_length() - 1
+    # Scaled so that products of 2*log n factors stay O(1) in float32.
+    tw = torch.randn(nstacks, nbutterflies, log_n, n // 2, 2, 2, generator=g, dtype=dtype) / 2**0.5
+    x = torch.randn(batch, nstacks, n, generator=g, dtype=dtype)
+    bias = torch.randn(nstacks, n, generator=g, dtype=dtype)
+    return tw, x, bias
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    scale = expected.abs().max().clamp_min(1.0)
+    err = ((actual - expected).abs().max() / scale).item()
+    assert err <= TOL[expected.dtype], f"{what}: relative error {err:.3g}"
+
+
+def check_forward(tw, x, bias, increasing: bool, what: str) -> None:
+    expected = butterfly_multiply_ref(tw, x, increasing)
+    if bias is not None:
+        expected = expected + bias
+    actual = OPS.butterfly_multiply(tw, x, bias, increasing)
+    assert actual.shape == expected.shape and actual.is_contiguous()
+    assert_close(actual, expected, what)
+
+
+def check_backward(tw, x, increasing: bool, what: str, seed: int = 1) -> None:
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+    tw_ref, x_ref = tw.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    butterfly_multiply_ref(tw_ref, x_ref, increasing).backward(grad)
+    dtw, dx = OPS.butterfly_multiply_backward(grad, tw, x, increasing)
+    assert_close(dtw, tw_ref.grad, f"{what} grad twiddle")
+    assert_close(dx, x_ref.grad, f"{what} grad input")
+
+
+@pytest.mark.parametrize(("isa", "path"), KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_size(isa: str, path: str, dtype: torch.dtype) -> None:
+    """n = 2 ... 4096, batch sizes that leave a remainder after every vector width."""
+    with forced_cpu_kernel(isa, path):
+        assert get_cpu_kernel() == (isa, path)
+        for k in range(1, 13):
+            n = 1 << k
+            batch = 19 if n <= 256 else 3
+            tw, x, bias = make(n, batch, 1, 2, dtype, seed=k)
+            check_forward(tw, x, bias, False, f"n={n}")
+            if path == "tiles":  # the backward has one path
+                check_backward(tw, x, False, f"n={n}")
+
+
+@pytest.mark.parametrize(("isa", "path"), KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shapes_orders_bias(isa: str, path: str, dtype: torch.dtype) -> None:
+    """Odd batch sizes, several stacks, 1 to 4 butterflies, both stride orders, bias or not."""
+    with forced_cpu_kernel(isa, path):
+        for n, batch, nstacks, nbutterflies, increasing, with_bias in itertools.product(
+            (8, 64), (1, 5, 17, 35), (1, 3), (1, 2, 3, 4), (False, True), (False, True)
+        ):
+            tw, x, bias = make(n, batch, nstacks, nbutterflies, dtype, seed=batch + n)
+            what = f"n={n} batch={batch} nstacks={nstacks} nbutterflies={nbutterflies} increasing={increasing}"
+            check_forward(tw, x, bias if with_bias else None, increasing, what)
+            if path == "tiles" and with_bias:
+                check_backward(tw, x, increasing, what)
+
+
+@pytest.mark.parametrize(("isa", "path"), KERNELS)
+def test_non_contiguous_inputs(isa: str, path: str) -> None:
+    """Expanded stacks (stride 0, as KaleidoscopeLinear passes), permuted and strided views."""
+    n, batch, nstacks = 32, 21, 3
+    tw, _, bias = make(n, batch, nstacks, 2, torch.float32)
+    base = torch.randn(batch, n)
+    inputs = {
+        "expanded": base.unsqueeze(1).expand(batch, nstacks, n),
+        "stack-major": torch.randn(nstacks, batch, n).transpose(0, 1),
+        "strided last dim": torch.randn(batch, nstacks, 2 * n)[..., ::2],
+        "batch slice": torch.randn(2 * batch, nstacks, n)[::2],
+    }
+    with forced_cpu_kernel(isa, path):
+        for name, x in inputs.items():
+            check_forward(tw, x, bias, False, name)
+            check_backward(tw, x, False, name)
+            grad = torch.randn(batch, nstacks, 2 * n)[..., ::2]  # a non-contiguous grad too
+            expected = OPS.butterfly_multiply_backward(grad.contiguous(), tw, x.contiguous(), False)
+            for got, want in zip(OPS.butterfly_multiply_backward(grad, tw, x, False), expected, strict=True):
+                assert_close(got, want, f"{name} with strided grad")
+
+
+@pytest.mark.parametrize(("isa", "path"), KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_threads(isa: str, path: str, dtype: torch.dtype, threads) -> None:
+    """Enough rows that both threads get tiles (and twiddle-gradient accumulators)."""
+    torch.set_num_threads(2)
+    tw, x, bias = make(256, 99, 2, 4, dtype)
+    with forced_cpu_kernel(isa, path):
+        check_forward(tw, x, bias, False, "2 threads")
+        check_backward(tw, x, False, "2 threads")
+        single = OPS.butterfly_multiply_backward(torch.ones_like(x), tw, x, False)
+        torch.set_num_threads(1)
+        for a, b in zip(single, OPS.butterfly_multiply_backward(torch.ones_like(x), tw, x, False), strict=True):
+            assert_close(a, b, "1 vs 2 threads")
+
+
+def test_autograd_through_wrapper() -> None:
+    """The default kernel choice through the public wrapper: forward and all three gradients."""
+    tw, x, bias = make(128, 37, 2, 2, torch.float64)
+    args = [t.clone().requires_grad_() for t in (tw, x, bias)]
+    ref = [t.clone().requires_grad_() for t in (tw, x, bias)]
+    grad = torch.randn(37, 2, 128, dtype=torch.float64)
+    butterfly_multiply(args[0], args[1], False, args[2]).backward(grad)
+    (butterfly_multiply_ref(ref[0], ref[1], False) + ref[2]).backward(grad)
+    for a, r, name in zip(args, ref, ("twiddle", "input", "bias"), strict=True):
+        assert_close(a.grad, r.grad, f"grad {name}")
+
+
+def test_selection_errors() -> None:
+    before = get_cpu_kernel()
+    with pytest.raises(RuntimeError, match="unknown isa"):
+        OPS.set_cpu_kernel("sse9", "auto")
+    with pytest.raises(RuntimeError, match="unknown path"):
+        OPS.set_cpu_kernel("auto", "sideways")
+    assert get_cpu_kernel() == before
+    assert "portable" in supported_isas()
+
+
+@pytest.mark.parametrize(("isa", "path"), KERNELS)
+def test_empty_batch(isa: str, path: str) -> None:
+    tw, x, bias = make(16, 0, 2, 2, torch.float32)
+    with forced_cpu_kernel(isa, path):
+        assert OPS.butterfly_multiply(tw, x, bias, False).shape == (0, 2, 16)
+        dtw, dx = OPS.butterfly_multiply_backward(torch.zeros_like(x), tw, x, False)
+    assert dx.shape == x.shape and dtw.shape == tw.shape and not dtw.any()
+
+
+def test_forced_kernel_is_restored() -> None:
+    before = get_cpu_kernel()
+    with forced_cpu_kernel("portable", "small"):
+        assert get_cpu_kernel() == ("portable", "small")
+    assert get_cpu_kernel() == before
