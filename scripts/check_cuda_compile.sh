@@ -4,7 +4,7 @@
 #   2. the torch glue (csrc/cuda/*.cpp) with g++ -fsyntax-only against the headers of a CUDA
 #      build of torch, unpacked from a wheel (never installed) - skipped if no wheel is found;
 #   3. the kernels executed on the CPU under tests/cuda_sim (blocks, threads, __syncthreads and
-#      shared memory emulated) against a naive double-precision implementation.
+#      shared memory emulated) against a naive double-precision implementation, for every n.
 # Steps whose tool is missing are skipped with a message; any compile error or wrong result
 # makes the script exit non-zero.
 #
@@ -13,7 +13,7 @@
 #   CUDA_GENCODE               nvcc target flags (default: sm_80, sm_90 and compute_90 PTX)
 #   KALEIDOSCOPE_TORCH_WHEEL   a CUDA torch wheel for step 2 (default: newest torch-*manylinux*.whl
 #                              under /opt/pypi-more/files, where this project's dev machines keep one)
-#   SKIP_SIM=1                 skip step 3
+#   SKIP_SIM=1                 skip step 3; SIM_SANITIZE=1 runs it under ASan/UBSan
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,12 +26,13 @@ now() { date +%s; }
 # ---- 1. nvcc -c ------------------------------------------------------------------------
 NVCC=${NVCC:-$(command -v nvcc || true)}
 if [[ -z "$NVCC" && -n "${CUDA_HOME:-}" && -x "$CUDA_HOME/bin/nvcc" ]]; then NVCC="$CUDA_HOME/bin/nvcc"; fi
+if [[ -n "$NVCC" && ! -x "$NVCC" ]]; then NVCC=$(command -v "$NVCC" || true); fi
 if [[ -z "$NVCC" ]]; then
   echo "[skip] nvcc not found (set NVCC or CUDA_HOME): .cu sources not compile-checked"
 else
   read -r -a gencode <<<"${CUDA_GENCODE:--gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[sm_90,compute_90]}"
   # The toolkit's include dir (nvcc may be a wrapper script elsewhere): ask nvcc itself.
-  cuda_inc=$("$NVCC" --dryrun -c -x cu /dev/null 2>&1 | sed -n 's/^#\$ INCLUDES="-I\([^"]*\)".*/\1/p' | head -1)
+  cuda_inc=$("$NVCC" --dryrun -c -x cu /dev/null 2>&1 | sed -n 's/^#\$ INCLUDES="-I\([^"]*\)".*/\1/p' | head -1 || true)
   cuda_inc=${cuda_inc%/}
   [[ -f "$cuda_inc/cuda_runtime_api.h" ]] || cuda_inc=${CUDA_HOME:-/usr/local/cuda}/include
   echo "[nvcc] $("$NVCC" --version | tail -1)"
@@ -83,22 +84,30 @@ else
 fi
 
 # ---- 3. CPU simulation of the kernels ---------------------------------------------------
+# Fibers in both thread orders catch missing __syncthreads; real threads (small n: slow mode)
+# can catch unsynchronised read-modify-writes. SIM_SANITIZE=1 adds ASan/UBSan.
 if [[ "${SKIP_SIM:-0}" == 1 ]]; then
   echo "[skip] SKIP_SIM=1: kernels not simulated"
 elif ! command -v g++ >/dev/null; then
   echo "[skip] g++ missing: kernels not simulated"
 else
   t0=$(now)
-  if g++ -std=c++20 -O1 -pthread -Wall -Wextra -Wno-unknown-pragmas -DKALEIDOSCOPE_CUDA_SIM -Itests/cuda_sim \
-    tests/cuda_sim/sim_test.cpp -o "$tmp/sim_test"; then
-    if "$tmp/sim_test" >"$tmp/sim.log"; then
-      echo "[sim] $(tail -1 "$tmp/sim.log"): $(($(now) - t0)) s"
-      checked+=(sim)
-    else
-      grep -v '^ok' "$tmp/sim.log" || true
-      echo "[FAIL] simulated kernels disagree with the naive implementation"
-      status=1
-    fi
+  sanitize=()
+  [[ "${SIM_SANITIZE:-0}" == 1 ]] && sanitize=(-fsanitize=address,undefined -g)
+  if g++ -std=c++20 -O1 -pthread -Wall -Wextra -Wno-unknown-pragmas "${sanitize[@]}" -DKALEIDOSCOPE_CUDA_SIM \
+    -Itests/cuda_sim tests/cuda_sim/sim_test.cpp -o "$tmp/sim_test"; then
+    for run in "fibers" "reversed" "threads 7"; do
+      # shellcheck disable=SC2086
+      if "$tmp/sim_test" $run >"$tmp/sim.log" 2>&1; then
+        echo "[sim] $(tail -1 "$tmp/sim.log")"
+      else
+        grep -v '^ok' "$tmp/sim.log" || true
+        echo "[FAIL] simulated kernels ($run) disagree with the naive implementation"
+        status=1
+      fi
+    done
+    echo "[sim] $(($(now) - t0)) s"
+    checked+=(sim)
   else
     echo "[FAIL] simulation does not compile"
     status=1
