@@ -140,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=2000)
     p.add_argument("--max-update", type=int, default=600, help="updates per model")
     p.add_argument("--log-interval", type=int, default=100)
-    p.add_argument("--train-threads", type=int, default=2, help="OMP threads of each training run")
+    p.add_argument(
+        "--train-threads",
+        type=int,
+        default=1,
+        help="threads of each training run (1: no oversubscription on a busy box)",
+    )
     p.add_argument("--max-sentences", type=int, default=None, help="decode only this many test sentences")
     p.add_argument("--train-extra", nargs=argparse.REMAINDER, default=[], help="more fairseq-train options (last)")
     p.add_argument("--title", default="Main job: synthetic De→En, tiny dense vs K-matrix DynamicConv")
