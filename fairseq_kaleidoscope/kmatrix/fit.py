@@ -225,7 +225,8 @@ def fit(
         restarts: random initialisations trained side by side; the worse half is dropped
             every ``prune_every`` steps (default ``max_steps // 4``) until one is left.
         max_steps, time_budget (seconds), patience: stop after that many Adam steps, that
-            much time, or when the best RMSE has not improved by 1% in ``patience`` steps.
+            much time, or when the best RMSE (a running average of the estimates with
+            probes) has not improved by 1% in ``patience`` steps.
         lr: Adam's learning rate, decayed by 1/2 each time progress stalls for
             ``patience // 3`` steps.
         target_rmse: stop as soon as a candidate is this close.
@@ -300,6 +301,7 @@ def fit(
     opt = torch.optim.Adam([pop.twiddle], lr=lr)
     sub = torch.randperm(x_tr.shape[0])[:1024]  # enough rows to estimate the row scales
     best, best_step, decay_step, step, last_prune, stop = math.inf, 0, 0, 0, 0, "max_steps"
+    smooth = math.inf  # progress measure: the probe estimates are noisy, so an average of them
     while True:
         if rescale_every and step % rescale_every == 0:
             pop.rescale_rows(x_tr[sub], y_tr[sub], opt)
@@ -314,9 +316,9 @@ def fit(
             history.append((step, time.perf_counter() - start, cur))
             if verbose:
                 print(f"step {step:6d}  {time.perf_counter() - start:7.1f}s  best rmse {cur:.3e}  alive {pop.count}")
-        if cur < best * 0.99:
-            best_step = decay_step = step
-        best = min(best, cur)
+        smooth = cur if scale == 1.0 or not math.isfinite(smooth) else 0.9 * smooth + 0.1 * cur
+        if smooth < best * 0.99:
+            best, best_step, decay_step = smooth, step, step
         if cur <= target_rmse:
             stop = "target"
             break
