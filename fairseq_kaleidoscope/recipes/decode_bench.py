@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -275,8 +276,8 @@ def summarise(args, models: list[BenchModel], results: list[RunResult], refs: li
         base_seconds = base_cpu = None
         for bm in models:
             runs = by_key[(setting.name, bm.name)]
-            seconds = sorted(r.seconds for r in runs)[len(runs) // 2]  # median (the run itself when 1)
-            cpu = sorted(r.cpu_seconds for r in runs)[len(runs) // 2]
+            seconds = statistics.median(r.seconds for r in runs)  # the run itself when 1
+            cpu = statistics.median(r.cpu_seconds for r in runs)
             r = runs[0]
             if base_seconds is None:
                 base_seconds, base_cpu = seconds, cpu

@@ -53,7 +53,7 @@ def plot(report: dict, path: Path, title: str) -> None:
         bars = ax.bar([r["model"] for r in rows], [r["sentences_per_s"] for r in rows], color=colors)
         for bar, r in zip(bars, rows, strict=True):
             ax.annotate(
-                f"{r['speedup']:.2f}×\nBLEU {r['bleu_tokenized']:.1f}",
+                f"{r['speedup']:.2f}× wall\n{r['cpu_speedup']:.2f}× CPU\nBLEU {r['bleu_tokenized']:.1f}",
                 (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                 ha="center",
                 va="bottom",
