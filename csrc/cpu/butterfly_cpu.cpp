@@ -108,13 +108,13 @@ T* thread_scratch(size_t count) {
 // Rows of one stack below which the pair-vectorised path beats padding a tile.
 template <typename T>
 int64_t small_rows_limit(const cpu::Kernels<T>& K) {
-  return K.width / 2;
+  return K.tile_rows / 2;
 }
 
 template <typename T>
 void forward(const cpu::Problem<T>& P) {
   const cpu::Kernels<T>& K = kernels<T>();
-  const int64_t W = K.width, F = P.nbutterflies * P.log_n;
+  const int64_t W = K.tile_rows, F = P.nbutterflies * P.log_n;
   const int path = forced_path.load();
   // Rows [0, tiled) go through tiles, [tiled, batch) through the small path.
   int64_t tiled = P.batch;
