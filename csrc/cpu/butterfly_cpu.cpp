@@ -50,13 +50,21 @@ template <typename T>
 const cpu::Kernels<T>& kernels();
 template <>
 const cpu::Kernels<float>& kernels<float>() {
+#if defined(__x86_64__) || defined(__i386__)
   const int isa = active_isa();
-  return isa == kAvx512 ? cpu::avx512::kernels_f32 : isa == kAvx2 ? cpu::avx2::kernels_f32 : cpu::portable::kernels_f32;
+  if (isa == kAvx512) return cpu::avx512::kernels_f32;
+  if (isa == kAvx2) return cpu::avx2::kernels_f32;
+#endif
+  return cpu::portable::kernels_f32;
 }
 template <>
 const cpu::Kernels<double>& kernels<double>() {
+#if defined(__x86_64__) || defined(__i386__)
   const int isa = active_isa();
-  return isa == kAvx512 ? cpu::avx512::kernels_f64 : isa == kAvx2 ? cpu::avx2::kernels_f64 : cpu::portable::kernels_f64;
+  if (isa == kAvx512) return cpu::avx512::kernels_f64;
+  if (isa == kAvx2) return cpu::avx2::kernels_f64;
+#endif
+  return cpu::portable::kernels_f64;
 }
 
 // Backward, per tile of W rows: keep the input of every factor (n*W values each), or
