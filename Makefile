@@ -1,7 +1,7 @@
 # Single entry point. Every target runs the idempotent setup first.
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench check-cuda clean
 
 setup:
 	bash scripts/setup.sh
@@ -18,6 +18,11 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/kernels.py
+
+# Compile-checks the CUDA sources with nvcc (no GPU needed); the CPU simulation of the
+# kernels runs in the test suite (tests/test_cuda_sim.py), so it is skipped here.
+check-cuda:
+	SKIP_SIM=1 bash scripts/check_cuda_compile.sh
 
 clean:
 	rm -rf build *.egg-info fairseq_kaleidoscope/*.so

@@ -3,6 +3,7 @@
     python -m fairseq_kaleidoscope --user-dir      # prints the directory to pass to fairseq's --user-dir
     python -m fairseq_kaleidoscope --version
     python -m fairseq_kaleidoscope average-checkpoints --inputs DIR --num-epoch-checkpoints 10 --output avg.pt
+    python -m fairseq_kaleidoscope param-count --src-dict dict.de.txt --tgt-dict dict.en.txt
 """
 
 from __future__ import annotations
@@ -20,13 +21,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         average_main(argv[1:])
         return
+    if argv and argv[0] == "param-count":
+        import fairseq  # noqa: F401  (registers fairseq's own architectures first)
+
+        from .models.param_count import main as count_main
+
+        count_main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="python -m fairseq_kaleidoscope", description=__doc__.split("\n")[0])
     parser.add_argument("--user-dir", action="store_true", help="print the directory to pass to fairseq's --user-dir")
     parser.add_argument("--version", action="store_true", help="print the package version")
     args = parser.parse_args(argv)
     if not (args.user_dir or args.version):
         parser.print_help()
-        print("\nsubcommand: average-checkpoints (see: python -m fairseq_kaleidoscope average-checkpoints -h)")
+        print("\nsubcommands: average-checkpoints, param-count (see: python -m fairseq_kaleidoscope SUBCOMMAND -h)")
         return
     if args.version:
         from . import __version__

@@ -45,6 +45,17 @@ def test_tagged_param_groups_put_untagged_parameters_first() -> None:
     assert (by_param[id(b)]["lr_scale"], by_param[id(b)]["weight_decay"]) == (0.5, 0.1)
 
 
+def test_deep_copied_twiddles_still_get_no_weight_decay() -> None:
+    import copy
+
+    from fairseq_kaleidoscope.modules import KMatrixOptions, make_linear
+
+    layer = copy.deepcopy(make_linear(8, 8, True, KMatrixOptions(lr_scale=3.0)))
+    assert not hasattr(layer.twiddle, "optim_overrides")  # deepcopy drops instance attributes
+    groups = optimizer.tagged_param_groups(layer.parameters(), weight_decay=0.1)
+    assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(1, 0.1), (1, 0.0)]
+
+
 def test_set_lr_scales_each_group() -> None:
     from fairseq.optim.fairseq_optimizer import FairseqOptimizer
 
@@ -55,3 +66,16 @@ def test_set_lr_scales_each_group() -> None:
     opt.set_lr(0.25)
     assert [g["lr"] for g in opt.param_groups] == [0.25, 1.0]
     assert opt.get_lr() == 0.25
+
+
+def test_set_lr_follows_the_parameters_tags_after_a_resume() -> None:
+    from fairseq.optim.fairseq_optimizer import FairseqOptimizer
+
+    twiddle = _tagged(1.0, 2.0, 0.0)
+    opt = FairseqOptimizer(cfg=None)
+    opt._optimizer = torch.optim.SGD(optimizer.tagged_param_groups([twiddle], weight_decay=None), lr=1.0)
+    opt.set_lr(0.5)
+    assert opt.param_groups[0]["lr"] == 1.0
+    twiddle.optim_overrides = {"optimizer": {"lr_scale": 3.0, "weight_decay_scale": 0.0}}  # new --kmatrix-lr-scale
+    opt.set_lr(0.5)
+    assert opt.param_groups[0]["lr"] == 1.5

@@ -92,8 +92,11 @@ TRANSFORMER_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("spec", "expected"), LIGHTCONV_CASES)
-@pytest.mark.parametrize("arch", ["kaleidoscope_lightconv_iwslt_de_en", "kaleidoscope_lightconv"])
+@pytest.mark.parametrize(
+    ("arch", "spec", "expected"),
+    [("kaleidoscope_lightconv_iwslt_de_en", *case) for case in LIGHTCONV_CASES]
+    + [("kaleidoscope_lightconv", *case) for case in LIGHTCONV_CASES[:3:2]],
+)
 def test_lightconv_kmatrices_exactly_where_asked(arch: str, spec: str, expected: dict) -> None:
     model, cfg = build(arch, *(["--kmatrix-layers", spec] if spec else []))
     assert kmatrix_paths(model) == expected_paths(model, expected, LIGHTCONV_PATHS)
@@ -122,13 +125,35 @@ def test_options_reach_the_kmatrices() -> None:
 
 
 def test_iwslt_architecture_is_fairseqs_lightconv_iwslt_without_glu() -> None:
+    from fairseq.models.lightconv import lightconv_iwslt_de_en
+
     _, cfg = build_model_from_args(["--arch", "kaleidoscope_lightconv_iwslt_de_en", "--kmatrix-layers", "none"],
                                    SRC_VOCAB, TGT_VOCAB)  # fmt: skip
-    assert (cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads, cfg.encoder_layers) == (
-        512, 1024, 4, 7)  # fmt: skip
-    assert (cfg.decoder_layers, list(cfg.decoder_kernel_size_list)) == (6, [3, 7, 15, 31, 31, 31])
-    assert (cfg.encoder_glu, cfg.decoder_glu, cfg.weight_dropout, cfg.attention_dropout, cfg.input_dropout) == (
-        0, 0, 0.1, 0.1, 0.0)  # fmt: skip
+    theirs = argparse.Namespace(encoder_glu=False, decoder_glu=False)
+    lightconv_iwslt_de_en(theirs)
+    for name in cfg:
+        if name.startswith(("kmatrix", "_")) or not hasattr(theirs, name):
+            continue
+        ours = cfg[name] if cfg[name] is not None else cfg[name.replace("conv", "embed")]
+        assert ours == getattr(theirs, name) or list(ours) == list(getattr(theirs, name)), name
+
+
+def test_dense_model_computes_what_fairseqs_lightconv_computes() -> None:
+    """Same parameter names and outputs as fairseq's lightconv (sequences at least as long as the kernels)."""
+    common = ["--dropout", "0", "--weight-dropout", "0", "--attention-dropout", "0", *TINY_LIGHTCONV]
+    torch.manual_seed(0)
+    theirs, _ = build_model_from_args(["--arch", "lightconv_iwslt_de_en", "--encoder-glu", "0", "--decoder-glu", "0",
+                                       *common], SRC_VOCAB, TGT_VOCAB)  # fmt: skip
+    ours, _ = build_model_from_args(["--arch", "kaleidoscope_lightconv_iwslt_de_en", "--kmatrix-layers", "none",
+                                     *common], SRC_VOCAB, TGT_VOCAB)  # fmt: skip
+    their_state = theirs.state_dict()
+    unused = {k for k in their_state if k.endswith("conv.conv_bias")}  # registered but never used upstream
+    assert unused and set(their_state) - unused == set(ours.state_dict())
+    ours.load_state_dict(their_state)  # fairseq's load_state_dict upgrades: the unused conv_bias is dropped
+    theirs.eval(), ours.eval()
+    src, prev = torch.randint(4, SRC_VOCAB, (2, 9)), torch.randint(4, TGT_VOCAB, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(src, torch.full((2,), 9), prev)[0], theirs(src, torch.full((2,), 9), prev)[0])
 
 
 @pytest.mark.parametrize(
@@ -243,7 +268,7 @@ def test_kmatrix_parameters_carry_fairseqs_own_group_tags() -> None:
         if isinstance(m, KaleidoscopeLinear):
             assert m.twiddle.param_group == "kmatrix"
             assert m.twiddle.optim_overrides == {"optimizer": {"lr_scale": 0.5, "weight_decay_scale": 0.0}}
-            assert m.twiddle._optim == {"weight_decay": 0.0}
+            assert m.twiddle._optim["weight_decay"] == 0.0
 
 
 def test_namespace_built_model_matches_dataclass_built_model() -> None:
@@ -257,3 +282,15 @@ def test_namespace_built_model_matches_dataclass_built_model() -> None:
     task = DictionaryTask(dummy_dictionary(SRC_VOCAB), dummy_dictionary(TGT_VOCAB))
     model = KaleidoscopeLightConvModel.build_model(ns, task)
     assert kmatrix_paths(model) == {"decoder.layers.0.fc1", "decoder.layers.0.fc2"}
+
+
+def test_parameter_count_drops_by_exactly_the_replaced_weights() -> None:
+    from fairseq_kaleidoscope.models.param_count import count
+
+    dense, _ = build("kaleidoscope_lightconv_iwslt_de_en", "--kmatrix-layers", "none")
+    kmat, _ = build("kaleidoscope_lightconv_iwslt_de_en")
+    swapped = kmatrix_paths(kmat)
+    replaced = sum(m.weight.numel() for n, m in dense.named_modules() if n in swapped)
+    c_dense, c_kmat = count(dense), count(kmat)
+    assert c_kmat["total"] == c_dense["total"] - replaced + c_kmat["twiddles"]
+    assert c_kmat["twiddles"] > 0 and c_kmat["total"] < c_dense["total"]

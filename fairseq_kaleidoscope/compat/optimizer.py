@@ -26,6 +26,8 @@ import torch
 from fairseq import optim
 from fairseq.optim.fairseq_optimizer import FairseqOptimizer
 
+from ..kmatrix import is_kmatrix_parameter
+
 logger = logging.getLogger(__name__)
 
 _original_build_optimizer = None
@@ -33,7 +35,9 @@ _original_build_optimizer = None
 
 def _overrides(p: torch.Tensor) -> tuple[float, float]:
     opt = (getattr(p, "optim_overrides", None) or {}).get("optimizer", {})
-    return float(opt.get("lr_scale", 1.0)), float(opt.get("weight_decay_scale", 1.0))
+    # A deep copy drops the instance tags but keeps the twiddle's type: still no decay.
+    default_wd_scale = 0.0 if is_kmatrix_parameter(p) else 1.0
+    return float(opt.get("lr_scale", 1.0)), float(opt.get("weight_decay_scale", default_wd_scale))
 
 
 def tagged_param_groups(params: Iterable[torch.Tensor], weight_decay: float | None) -> list[dict]:
@@ -72,6 +76,11 @@ def build_optimizer(cfg: object, params: list, *extra_args: object, **extra_kwar
 def _set_lr(self: FairseqOptimizer, lr: float) -> None:
     """Set the learning rate (times each group's ``lr_scale``)."""
     for group in self.param_groups:
+        params = group["params"]
+        if params and getattr(params[0], "optim_overrides", None):
+            # The model's tags win over a scale restored with an old optimizer state
+            # (resuming with a different --kmatrix-lr-scale).
+            group["lr_scale"] = _overrides(params[0])[0]
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 

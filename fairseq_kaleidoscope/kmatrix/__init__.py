@@ -16,3 +16,25 @@ __all__ = [
     "param_groups",
     "uses_compiled_kernel",
 ]
+
+# Structured transforms: exact constructors and fitting (appended; see constructors.py, fit.py).
+from .constructors import (
+    bit_reversal_permutation,
+    kaleidoscope_bit_reversal,
+    kaleidoscope_dft,
+    kaleidoscope_hadamard,
+    kaleidoscope_identity,
+    kaleidoscope_permutation,
+)
+from .fit import FitResult, fit
+
+__all__ += [
+    "FitResult",
+    "bit_reversal_permutation",
+    "fit",
+    "kaleidoscope_bit_reversal",
+    "kaleidoscope_dft",
+    "kaleidoscope_hadamard",
+    "kaleidoscope_identity",
+    "kaleidoscope_permutation",
+]

@@ -29,6 +29,13 @@ except ImportError as exc:  # pragma: no cover - exercised on machines without a
     )
 
 COMPILED_DTYPES = (torch.float32, torch.float64)
+# CUDA kernels (csrc/cuda, built when setup.py finds CUDA): these dtypes, float32 arithmetic,
+# n up to CUDA_MAX_N; twiddle and bias in the input's dtype.
+CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CUDA_MAX_N = 8192
+HAS_CUDA_KERNELS = HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "kaleidoscope::butterfly_multiply", "CUDA"
+)
 
 
 def check_butterfly_args(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> None:
@@ -62,6 +69,8 @@ def check_butterfly_args(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Ten
 
 def uses_compiled_kernel(x: torch.Tensor) -> bool:
     """Whether :func:`butterfly_multiply` runs a compiled kernel for this input."""
+    if x.device.type == "cuda":
+        return HAS_CUDA_KERNELS and x.dtype in CUDA_DTYPES and x.dim() > 0 and x.shape[-1] <= CUDA_MAX_N
     return HAS_EXTENSION and x.device.type == "cpu" and x.dtype in COMPILED_DTYPES
 
 

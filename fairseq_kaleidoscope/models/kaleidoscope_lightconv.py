@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Optional  # noqa: UP035 (fairseq parses typing.List/Optional field types only)
 
+import torch
 from fairseq import utils
 from fairseq.models import (
     FairseqEncoder,
@@ -104,6 +105,15 @@ def _embedding(dictionary: object, dim: int) -> nn.Embedding:
     return m
 
 
+def _upgrade_state_dict(state_dict: dict[str, Tensor], name: str) -> dict[str, Tensor]:
+    """Accept checkpoints without the ``version`` buffer, and fairseq lightconv ones (unused ``conv_bias``)."""
+    prefix = f"{name}." if name else ""
+    state_dict.setdefault(prefix + "version", torch.Tensor([2]))
+    for key in [k for k in state_dict if k.startswith(prefix) and k.endswith(".conv.conv_bias")]:
+        del state_dict[key]
+    return state_dict
+
+
 @register_model("kaleidoscope_lightconv", dataclass=KaleidoscopeLightConvConfig)
 class KaleidoscopeLightConvModel(FairseqEncoderDecoderModel):
     """DynamicConv encoder-decoder (Wu et al., 2019) whose chosen linear layers are K-matrices."""
@@ -152,6 +162,7 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
         sizes = _kernel_sizes(cfg.encoder_kernel_size_list, cfg.encoder_layers, "encoder")
         self.layers = nn.ModuleList([LightConvEncoderLayer(cfg, k, kmatrix, kopts) for k in sizes])
         self.layer_norm = LayerNorm(dim) if cfg.encoder_normalize_before else None
+        self.register_buffer("version", torch.Tensor([2]))  # as fairseq's: its checkpoints load unchanged
 
     def forward(self, src_tokens: Tensor, src_lengths: Tensor | None = None) -> dict[str, list[Tensor]]:
         x = self.embed_scale * self.embed_tokens(src_tokens)
@@ -168,6 +179,9 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
         if src_lengths is not None:
             out["src_lengths"] = [src_lengths]
         return out
+
+    def upgrade_state_dict_named(self, state_dict: dict[str, Tensor], name: str) -> dict[str, Tensor]:
+        return _upgrade_state_dict(state_dict, name)
 
     def reorder_encoder_out(self, encoder_out: dict[str, list[Tensor]], new_order: Tensor) -> dict[str, list[Tensor]]:
         return {
@@ -202,6 +216,7 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
         sizes = _kernel_sizes(cfg.decoder_kernel_size_list, cfg.decoder_layers, "decoder")
         self.layers = nn.ModuleList([LightConvDecoderLayer(cfg, k, kmatrix, kopts) for k in sizes])
         self.layer_norm = LayerNorm(dim) if cfg.decoder_normalize_before else None
+        self.register_buffer("version", torch.Tensor([2]))
         if tie:
             self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
             self.output_projection.weight = embed_tokens.weight
@@ -257,6 +272,9 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
+
+    def upgrade_state_dict_named(self, state_dict: dict[str, Tensor], name: str) -> dict[str, Tensor]:
+        return _upgrade_state_dict(state_dict, name)
 
     def output_layer(self, features: Tensor) -> Tensor:
         return self.output_projection(features)

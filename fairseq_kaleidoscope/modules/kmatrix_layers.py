@@ -93,9 +93,9 @@ def tag_kmatrix_parameter(p: torch.Tensor, lr_scale: float) -> None:
 
     ``param_group``/``optim_overrides`` are fairseq's own per-parameter tags (honoured by
     ``--optimizer composite`` and copied by its fp16 wrappers); ``compat.optimizer``
-    makes the ordinary single optimizers honour them too.
+    makes the ordinary single optimizers honour them too. (The twiddle's own type,
+    ``TwiddleParameter``, already carries ``_optim = {"weight_decay": 0.0}``.)
     """
-    p._optim = {"weight_decay": 0.0}
     p.param_group = "kmatrix"
     p.optim_overrides = {"optimizer": {"lr_scale": float(lr_scale), "weight_decay_scale": 0.0}}
 

@@ -1,0 +1,377 @@
+"""Decoding benchmark: wall-clock, steps and BLEU of several fairseq models on one test set.
+
+Models are either trained checkpoints (``--checkpoint NAME=PATH``) or randomly initialised
+from fairseq training options (``--random NAME="--arch ... --kmatrix-layers ..."``). Each
+setting (``--setting NAME:BATCH:BEAM``; default ``batch1-greedy:1:1`` and
+``batch128-beam4:128:4``) decodes the same sentences with fairseq's ``SequenceGenerator``
+under ``torch.set_num_threads(--threads)``.
+
+What is timed: only the ``SequenceGenerator.generate`` calls (encoder + incremental
+decoder + search) over all batches, after an untimed warm-up. Model building or loading,
+data loading, batching/collation, detokenisation and scoring are outside the clock.
+
+``--forced-length`` makes every hypothesis exactly as long as its reference (see
+``forced_length.py``), so that models decode the same number of steps whatever their
+weights; the decoder calls and hypothesis-steps are counted with a forward pre-hook and
+reported. Without it decoding is natural (EOS when the model says so).
+
+Writes ``decode_bench.json``, ``decode_bench.md`` and ``decode_bench.png`` (plus the
+hypotheses) into ``--out-dir`` and prints the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..timing import machine_description
+from .bleu import both_bleus
+from .progress import Progress
+from .report import write_reports
+
+USER_DIR = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass
+class BenchModel:
+    name: str
+    model: torch.nn.Module
+    task: object
+    source: str  # checkpoint path or the random-init options
+    params: int = 0
+    kmatrix_params: int = 0
+
+
+@dataclass
+class Setting:
+    name: str
+    batch: int
+    beam: int
+
+
+@dataclass
+class RunResult:
+    setting: str
+    model: str
+    seconds: float
+    cpu_seconds: float  # CPU time of the decoding thread during the timed calls
+    sentences: int
+    tokens: int
+    decoder_calls: int
+    decoder_rows: int
+    hyps: list[str] = field(repr=False, default_factory=list)
+    lengths: list[int] = field(repr=False, default_factory=list)  # generated tokens per sentence, EOS excluded
+
+
+def parse_setting(text: str) -> Setting:
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit() or min(int(parts[1]), int(parts[2])) < 1:
+        raise argparse.ArgumentTypeError(f"setting must be NAME:BATCH:BEAM with positive integers, got {text!r}")
+    return Setting(parts[0], int(parts[1]), int(parts[2]))
+
+
+def _name_value(text: str, what: str) -> tuple[str, str]:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"{what} must be NAME=VALUE, got {text!r}")
+    name, value = text.split("=", 1)
+    return name, value
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(all parameters, parameters inside KaleidoscopeLinear modules)."""
+    from ..kmatrix import KaleidoscopeLinear
+
+    total = sum(p.numel() for p in model.parameters())
+    kmat = sum(p.numel() for m in model.modules() if isinstance(m, KaleidoscopeLinear) for p in m.parameters())
+    return total, kmat
+
+
+def register_plugin() -> None:
+    """Register our architectures and checkpoint allow-list with fairseq.
+
+    ``import fairseq_kaleidoscope`` before fairseq (as ``python -m`` of this module does)
+    skips the fairseq part, and fairseq's ``import_user_module`` then sees the package
+    as already imported, so the models are imported explicitly here.
+    """
+    import fairseq  # noqa: F401
+
+    importlib.import_module("fairseq_kaleidoscope.models")
+
+
+def random_model(name: str, data: str, options: str, seed: int) -> BenchModel:
+    """A model built from fairseq training options, with fairseq's random initialisation."""
+    from fairseq import options as fairseq_options
+    from fairseq import tasks
+
+    register_plugin()
+    parser = fairseq_options.get_training_parser()
+    args = fairseq_options.parse_args_and_arch(parser, [data, "--user-dir", USER_DIR, "--cpu", *shlex.split(options)])
+    task = tasks.setup_task(args)
+    torch.manual_seed(seed)
+    model = task.build_model(args)
+    return BenchModel(name, model, task, f"random init: {options}")
+
+
+def load_checkpoint(name: str, data: str, path: str) -> BenchModel:
+    from fairseq import checkpoint_utils
+
+    register_plugin()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path!r} (model {name!r}) does not exist")
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
+    return BenchModel(name, models[0], task, path)
+
+
+def evenly_spaced(total: int, n: int | None) -> list[int]:
+    """``n`` indices spread evenly over ``range(total)`` (all when n is None or >= total)."""
+    if n is None or n >= total:
+        return list(range(total))
+    if n < 1:
+        raise ValueError(f"--max-sentences must be >= 1, got {n}")
+    return sorted({round(i * (total - 1) / max(n - 1, 1)) for i in range(n)})
+
+
+def make_batches(dataset, indices: list[int], batch_size: int) -> list[dict]:
+    """Collated batches of ``indices`` sorted by (target, source) length, as fairseq orders them."""
+    order = sorted(indices, key=lambda i: (int(dataset.tgt_sizes[i]), int(dataset.src_sizes[i]), i))
+    return [dataset.collater([dataset[i] for i in order[k : k + batch_size]]) for k in range(0, len(order), batch_size)]
+
+
+def _generator(bm: BenchModel, setting: Setting, forced: bool, max_len_b: int):
+    from fairseq.sequence_generator import SequenceGenerator
+
+    from .forced_length import CountingEnsemble, ForcedLengthEnsemble
+
+    tgt_dict = bm.task.target_dictionary
+    ensemble = ForcedLengthEnsemble([bm.model], tgt_dict.eos()) if forced else CountingEnsemble([bm.model])
+    ensemble.eval()
+    gen = SequenceGenerator(ensemble, tgt_dict, beam_size=setting.beam, max_len_a=0, max_len_b=max_len_b)
+    return gen, ensemble
+
+
+def decode(
+    bm: BenchModel,
+    setting: Setting,
+    batches: list[dict],
+    forced: bool,
+    remove_bpe: bool,
+    progress: Progress | None = None,
+    max_len_b: int = 200,
+) -> RunResult:
+    """Decode ``batches``; time only ``generate``. Hypotheses are returned in sentence-id order."""
+    tgt_dict = bm.task.target_dictionary
+    pad, eos = tgt_dict.pad(), tgt_dict.eos()
+    if forced:
+        max_len_b = max(int(b["target"].ne(pad).sum(1).max()) for b in batches)
+    gen, ensemble = _generator(bm, setting, forced, max_len_b)
+    hyps: dict[int, str] = {}
+    lengths: dict[int, int] = {}
+    seconds, cpu_seconds, tokens, done = 0.0, 0.0, 0, 0
+    for batch in batches:
+        if forced:
+            ensemble.set_lengths((batch["target"].ne(pad).sum(1) - 1).clamp(min=1))
+        start, cpu_start = time.perf_counter(), time.thread_time()
+        out = gen.generate([bm.model], batch)
+        seconds += time.perf_counter() - start
+        cpu_seconds += time.thread_time() - cpu_start
+        wanted = batch["target"].ne(pad).sum(1) - 1
+        for k, (sid, nbest) in enumerate(zip(batch["id"].tolist(), out, strict=True)):
+            best = nbest[0]["tokens"]
+            lengths[sid] = int(best.ne(eos).sum())
+            if forced and lengths[sid] != max(1, int(wanted[k])):
+                raise RuntimeError(
+                    f"forced-length decoding produced {lengths[sid]} tokens for sentence {sid}, "
+                    f"expected {int(wanted[k])}"
+                )
+            tokens += lengths[sid]
+            hyps[sid] = tgt_dict.string(best, "subword_nmt" if remove_bpe else None)
+        done += len(out)
+        if progress is not None:
+            progress.update(done, seconds)
+    order = sorted(hyps)
+    return RunResult(
+        setting.name,
+        bm.name,
+        seconds,
+        cpu_seconds,
+        len(hyps),
+        tokens,
+        ensemble.decoder_calls,
+        ensemble.decoder_rows,
+        [hyps[k] for k in order],
+        [lengths[k] for k in order],
+    )
+
+
+def references(bm: BenchModel, dataset, indices: list[int], remove_bpe: bool) -> list[str]:
+    tgt_dict = bm.task.target_dictionary
+    return [
+        tgt_dict.string(dataset[i]["target"], "subword_nmt" if remove_bpe else None, escape_unk=True)
+        for i in sorted(indices)
+    ]
+
+
+def check_same_vocab(models: list[BenchModel]) -> None:
+    first = models[0]
+    for bm in models[1:]:
+        for side in ("source_dictionary", "target_dictionary"):
+            if len(getattr(bm.task, side)) != len(getattr(first.task, side)):
+                raise ValueError(f"models {first.name!r} and {bm.name!r} have different {side} sizes")
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    models: list[BenchModel] = []
+    for spec in args.checkpoint:
+        name, path = _name_value(spec, "--checkpoint")
+        models.append(load_checkpoint(name, args.data, path))
+    for spec in args.random:
+        name, options = _name_value(spec, "--random")
+        models.append(random_model(name, args.data, options, args.seed))
+    if not models:
+        raise SystemExit("decode_bench: give at least one --checkpoint NAME=PATH or --random NAME=OPTIONS")
+    check_same_vocab(models)
+    for bm in models:
+        bm.model.eval()
+        bm.params, bm.kmatrix_params = count_params(bm.model)
+    task = models[0].task
+    task.load_dataset(args.subset)
+    dataset = task.dataset(args.subset)
+    indices = evenly_spaced(len(dataset), args.max_sentences)
+    refs = references(models[0], dataset, indices, args.remove_bpe)
+    warm_indices = indices[: args.warmup]
+    results: list[RunResult] = []
+    with torch.inference_mode():
+        for setting in args.setting:
+            batches = make_batches(dataset, indices, setting.batch)
+            warm = make_batches(dataset, warm_indices, setting.batch) if warm_indices else []
+            for bm in models:  # untimed warm-up of every model before any timing
+                decode(bm, setting, warm, args.forced_length, args.remove_bpe)
+            for repeat in range(args.repeats):  # interleaved: m1, m2, m1, m2, ...
+                for bm in models:
+                    label = f"{setting.name} {bm.name}" + (f" (run {repeat + 1})" if args.repeats > 1 else "")
+                    progress = Progress(label, len(indices), every=args.progress_every)
+                    r = decode(bm, setting, batches, args.forced_length, args.remove_bpe, progress)
+                    progress.finish(r.seconds)
+                    results.append(r)
+    return summarise(args, models, results, refs, len(dataset))
+
+
+def summarise(args, models: list[BenchModel], results: list[RunResult], refs: list[str], total: int) -> dict:
+    by_key: dict[tuple[str, str], list[RunResult]] = {}
+    for r in results:
+        by_key.setdefault((r.setting, r.model), []).append(r)
+    rows = []
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for setting in args.setting:
+        base_seconds = base_cpu = None
+        for bm in models:
+            runs = by_key[(setting.name, bm.name)]
+            seconds = sorted(r.seconds for r in runs)[len(runs) // 2]  # median (the run itself when 1)
+            cpu = sorted(r.cpu_seconds for r in runs)[len(runs) // 2]
+            r = runs[0]
+            if base_seconds is None:
+                base_seconds, base_cpu = seconds, cpu
+            (out_dir / f"hyp.{setting.name}.{bm.name}.txt").write_text("".join(h + "\n" for h in r.hyps), "utf-8")
+            bleu = both_bleus(r.hyps, refs, args.target_lang)
+            rows.append(
+                {
+                    "setting": setting.name,
+                    "batch": setting.batch,
+                    "beam": setting.beam,
+                    "model": bm.name,
+                    "params": bm.params,
+                    "kmatrix_params": bm.kmatrix_params,
+                    "seconds": seconds,
+                    "all_seconds": [x.seconds for x in runs],
+                    "cpu_seconds": cpu,
+                    "all_cpu_seconds": [x.cpu_seconds for x in runs],
+                    "cpu_speedup": base_cpu / cpu,
+                    "sentences": r.sentences,
+                    "tokens": r.tokens,
+                    "sentences_per_s": r.sentences / seconds,
+                    "tokens_per_s": r.tokens / seconds,
+                    "speedup": base_seconds / seconds,
+                    "decoder_calls": r.decoder_calls,
+                    "decoder_hypothesis_steps": r.decoder_rows,
+                    **bleu,
+                }
+            )
+    report = {
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": machine_description(),
+        "threads": args.threads,
+        "data": args.data,
+        "subset": args.subset,
+        "sentences": len(refs),
+        "subset_size": total,
+        "sentence_selection": "all" if len(refs) == total else f"{len(refs)} evenly spaced of {total}",
+        "forced_length": args.forced_length,
+        "decoding": "forced to the reference length (EOS banned before it, forced at it)"
+        if args.forced_length
+        else "natural (fairseq SequenceGenerator, max length 200)",
+        "timed": "SequenceGenerator.generate calls only (encoder, incremental decoder, search), after "
+        f"{args.warmup} warm-up sentence(s) per model and setting; excludes model build/load, data loading, "
+        "collation, detokenisation and scoring",
+        "repeats": args.repeats,
+        "baseline": models[0].name,
+        "models": {
+            bm.name: {"source": bm.source, "params": bm.params, "kmatrix_params": bm.kmatrix_params} for bm in models
+        },
+        "rows": rows,
+    }
+    write_reports(report, out_dir, "decode_bench", args.title)
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", help="fairseq-preprocess'ed data directory")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH", help="a trained model")
+    parser.add_argument(
+        "--random", action="append", default=[], metavar="NAME=OPTIONS", help="a randomly initialised model"
+    )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        type=parse_setting,
+        metavar="NAME:BATCH:BEAM",
+        help="decoding setting (repeatable; default batch1-greedy:1:1 and batch128-beam4:128:4)",
+    )
+    parser.add_argument("--subset", default="test")
+    parser.add_argument("--max-sentences", type=int, default=None, help="decode this many evenly spaced sentences")
+    parser.add_argument("--forced-length", action="store_true", help="force each hypothesis to the reference length")
+    parser.add_argument("--remove-bpe", action="store_true", help="strip '@@ ' BPE before scoring")
+    parser.add_argument("--target-lang", default="en")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    parser.add_argument("--warmup", type=int, default=4, help="untimed warm-up sentences per model and setting")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs per model (median reported)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the random initialisation")
+    parser.add_argument("--progress-every", type=int, default=50, help="print progress every N sentences")
+    parser.add_argument("--out-dir", default="decode_bench")
+    parser.add_argument("--title", default="Decoding benchmark")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if not args.setting:
+        args.setting = [parse_setting("batch1-greedy:1:1"), parse_setting("batch128-beam4:128:4")]
+    if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
+        raise SystemExit("decode_bench: --threads and --repeats must be >= 1, --warmup >= 0")
+    report = run_benchmark(args)
+    print((Path(args.out_dir) / "decode_bench.md").read_text(encoding="utf-8"))
+    print(f"written: {Path(args.out_dir) / 'decode_bench'}.{{md,json,png}}", file=sys.stderr)
+    del report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The benchmark report: a markdown table, the JSON record and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def markdown_table(report: dict) -> str:
+    lines = [
+        "| setting | model | params | K-matrix params | seconds | sentences/s | tokens/s | speed-up "
+        "| CPU s | CPU speed-up | decoder calls | hypothesis-steps | BLEU (tokenized) | sacreBLEU (detok.) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['setting']} | {r['model']} | {r['params']:,} | {r['kmatrix_params']:,} | {r['seconds']:.2f} "
+            f"| {r['sentences_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}× "
+            f"| {r['cpu_seconds']:.2f} | {r['cpu_speedup']:.2f}× | {r['decoder_calls']:,} "
+            f"| {r['decoder_hypothesis_steps']:,} | {r['bleu_tokenized']:.2f} | {r['bleu_sacrebleu_detok']:.2f} |"
+        )
+    notes = [
+        "",
+        f"- machine: {report['machine']}; intra-op threads: {report['threads']}",
+        f"- data: {report['data']} ({report['subset']}: {report['sentence_selection']})",
+        f"- decoding: {report['decoding']}",
+        f"- timed: {report['timed']}",
+        "- seconds: wall-clock; CPU s: CPU time of the decoding thread over the same calls (less sensitive to "
+        "other processes on a shared machine)",
+        f"- speed-up: seconds of `{report['baseline']}` / seconds of the model, same setting, same process"
+        + (f"; median of {report['repeats']} interleaved runs" if report["repeats"] > 1 else "; one run each"),
+        "- BLEU (tokenized): de-BPE'd hypotheses vs tokenized lower-cased references, sacrebleu tokenize=none; "
+        "sacreBLEU (detok.): both sides Moses-detokenized, sacrebleu 13a",
+        f"- command: `{report['command']}`",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def plot(report: dict, path: Path, title: str) -> None:
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger would print font searches
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(r["setting"] for r in report["rows"]))
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.5 * len(settings), 4), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        rows = [r for r in report["rows"] if r["setting"] == setting]
+        colors = [f"C{i}" for i in range(len(rows))]
+        bars = ax.bar([r["model"] for r in rows], [r["sentences_per_s"] for r in rows], color=colors)
+        for bar, r in zip(bars, rows, strict=True):
+            ax.annotate(
+                f"{r['speedup']:.2f}×\nBLEU {r['bleu_tokenized']:.1f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_title(setting)
+        ax.set_ylabel("sentences / s")
+        ax.margins(y=0.25)
+    fig.suptitle(f"{title}\n{report['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_reports(report: dict, out_dir: Path, stem: str, title: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out_dir / f"{stem}.md").write_text(f"### {title}\n\n" + markdown_table(report), encoding="utf-8")
+    plot(report, out_dir / f"{stem}.png", title)

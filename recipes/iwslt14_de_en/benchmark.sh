@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Single-thread CPU decoding benchmark, dense vs K-matrix DynamicConv, on the IWSLT14 test set.
+#
+#   recipes/iwslt14_de_en/benchmark.sh                 # randomly initialised IWSLT-sized models, forced lengths
+#   recipes/iwslt14_de_en/benchmark.sh --trained       # the averaged checkpoints of train.sh/generate.sh, natural
+#   ... [decode_bench options], e.g. --max-sentences 300 --repeats 2
+#
+# Settings: batch 1 greedy (latency, the paper's setting) and batch 128 beam 4 (fairseq's
+# standard). Untrained models decode with every hypothesis forced to its reference length,
+# so both models run exactly the same decoder steps (counted and reported); only the
+# generation loop is timed. Writes decode_bench.{md,json,png} to OUT.
+# Environment: DATA (default data-bin/iwslt14.tokenized.de-en; prepare.sh --bpe-dir
+# ../shared/data/iwslt14.tokenized.de-en makes one from valid/test), OUT (default
+# runs/results/iwslt14_benchmark), KMATRIX_LAYERS (default decoder.all), SAVE_DENSE, SAVE_KMATRIX,
+# ARCH_OPTIONS (more model options for the random-init models, e.g. smaller sizes for a smoke test).
+set -euo pipefail
+source "$(dirname "$0")/../common.sh"
+DATA=${DATA:-$ROOT/data-bin/iwslt14.tokenized.de-en}
+OUT=${OUT:-$ROOT/runs/results/iwslt14_benchmark}
+ARCH="--arch kaleidoscope_lightconv_iwslt_de_en --encoder-glu 0 --decoder-glu 0 ${ARCH_OPTIONS:-}"
+[ -f "$DATA/dict.en.txt" ] || { echo "benchmark.sh: no data in $DATA (run prepare.sh)" >&2; exit 1; }
+if [ "${1:-}" = "--trained" ]; then
+    shift
+    MODELS=(--checkpoint "dense=${SAVE_DENSE:-$ROOT/checkpoints/iwslt14_dense}/checkpoint_last10_avg.pt"
+            --checkpoint "kmatrix=${SAVE_KMATRIX:-$ROOT/checkpoints/iwslt14_kmatrix}/checkpoint_last10_avg.pt")
+    TITLE="IWSLT14 De-En test, trained models, natural decoding"
+else
+    MODELS=(--random "dense=$ARCH --kmatrix-layers none"
+            --random "kmatrix=$ARCH --kmatrix-layers ${KMATRIX_LAYERS:-decoder.all}" --forced-length)
+    TITLE="IWSLT14 De-En test, random-init IWSLT-sized models, forced reference lengths"
+fi
+"$PY" -m fairseq_kaleidoscope.recipes.decode_bench "$DATA" "${MODELS[@]}" --remove-bpe --threads 1 \
+    --out-dir "$OUT" --title "$TITLE" "$@"
