@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(not HAS_EXTENSION, reason="compiled extension no
 if HAS_EXTENSION:
     from fairseq_kaleidoscope.kmatrix.cpu_kernel import PATHS, forced_cpu_kernel, get_cpu_kernel, supported_isas
 
-    KERNELS = [(isa, path) for isa in supported_isas() for path in PATHS]
+    # "auto": tiles for whole tiles, the small-batch path for a remainder under half a tile.
+    KERNELS = [(isa, path) for isa in supported_isas() for path in (*PATHS, "auto")]
 else:  # pragma: no cover
     KERNELS = []
 

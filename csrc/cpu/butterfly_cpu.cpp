@@ -50,13 +50,21 @@ template <typename T>
 const cpu::Kernels<T>& kernels();
 template <>
 const cpu::Kernels<float>& kernels<float>() {
+#if defined(__x86_64__) || defined(__i386__)
   const int isa = active_isa();
-  return isa == kAvx512 ? cpu::avx512::kernels_f32 : isa == kAvx2 ? cpu::avx2::kernels_f32 : cpu::portable::kernels_f32;
+  if (isa == kAvx512) return cpu::avx512::kernels_f32;
+  if (isa == kAvx2) return cpu::avx2::kernels_f32;
+#endif
+  return cpu::portable::kernels_f32;
 }
 template <>
 const cpu::Kernels<double>& kernels<double>() {
+#if defined(__x86_64__) || defined(__i386__)
   const int isa = active_isa();
-  return isa == kAvx512 ? cpu::avx512::kernels_f64 : isa == kAvx2 ? cpu::avx2::kernels_f64 : cpu::portable::kernels_f64;
+  if (isa == kAvx512) return cpu::avx512::kernels_f64;
+  if (isa == kAvx2) return cpu::avx2::kernels_f64;
+#endif
+  return cpu::portable::kernels_f64;
 }
 
 // Backward, per tile of W rows: keep the input of every factor (n*W values each), or
@@ -108,13 +116,13 @@ T* thread_scratch(size_t count) {
 // Rows of one stack below which the pair-vectorised path beats padding a tile.
 template <typename T>
 int64_t small_rows_limit(const cpu::Kernels<T>& K) {
-  return K.width / 2;
+  return K.tile_rows / 2;
 }
 
 template <typename T>
 void forward(const cpu::Problem<T>& P) {
   const cpu::Kernels<T>& K = kernels<T>();
-  const int64_t W = K.width, F = P.nbutterflies * P.log_n;
+  const int64_t W = K.tile_rows, F = P.nbutterflies * P.log_n;
   const int path = forced_path.load();
   // Rows [0, tiled) go through tiles, [tiled, batch) through the small path.
   int64_t tiled = P.batch;

@@ -33,7 +33,8 @@ struct Problem {
 template <typename T>
 struct Kernels {
   const char* isa;
-  int width;  // SIMD lanes of T: rows per tile of the batch-vectorised path
+  int width;       // SIMD lanes of T: rows per backward tile
+  int tile_rows;   // rows per forward tile
   size_t (*tile_scratch)(const Problem<T>&);
   void (*forward_tiles)(const Problem<T>&, int64_t stack, int64_t row_begin, int64_t row_end, T* scratch);
   size_t (*small_scratch)(const Problem<T>&);

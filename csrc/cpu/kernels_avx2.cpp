@@ -1,5 +1,6 @@
 // AVX2 + FMA kernels (8 floats / 4 doubles per vector). Compiled for that target by the
 // pragma below, whatever the global flags; only called where the CPU reports AVX2 and FMA.
+#if defined(__x86_64__) || defined(__i386__)  // nothing to build elsewhere
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else
@@ -92,3 +93,5 @@ const Kernels<double> kernels_f64 = make_kernels<double>("avx2");
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif
+
+#endif  // x86

@@ -1,5 +1,6 @@
 // AVX-512F kernels (16 floats / 8 doubles per vector). Compiled for that target by the
 // pragma below, whatever the global flags; only called where the CPU reports AVX-512F.
+#if defined(__x86_64__) || defined(__i386__)  // nothing to build elsewhere
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
 #else
@@ -67,3 +68,5 @@ const Kernels<double> kernels_f64 = make_kernels<double>("avx512");
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif
+
+#endif  // x86

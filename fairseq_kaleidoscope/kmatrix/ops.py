@@ -91,9 +91,9 @@ def butterfly_multiply(
     """
     if uses_compiled_kernel(x):
         op = torch.ops.kaleidoscope.butterfly_multiply.default
-        # (A meta twiddle or bias would dispatch to the fake kernel: no fast path then.)
-        on_cpu = twiddle.device.type == "cpu" and (bias is None or bias.device.type == "cpu")
-        if not on_cpu or _needs_grad(twiddle, x, bias) or torch.compiler.is_compiling():
+        # (A twiddle or bias on another device, e.g. meta, would dispatch elsewhere: checks first.)
+        same_device = twiddle.device == x.device and (bias is None or bias.device == x.device)
+        if not same_device or _needs_grad(twiddle, x, bias) or torch.compiler.is_compiling():
             check_butterfly_args(twiddle, x, bias)
             return op(twiddle, x, bias, increasing_stride)
         # No gradient wanted (decoding): skip the Python autograd kernel and the Python
