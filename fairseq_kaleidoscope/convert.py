@@ -1,0 +1,302 @@
+"""Turn a trained dense model into a K-matrix one: fit each replaced linear layer, copy the rest.
+
+    python -m fairseq_kaleidoscope.convert --input dense.pt --output kmat.pt --kmatrix-layers decoder.all \\
+        [--kmatrix-nblocks 1] [--data-bin DIR --activations 4096] [--steps 1000] [--time-budget 30]
+
+The input is a checkpoint of one of our architectures trained with ``--kmatrix-layers none``
+(or with fewer K-matrix layers than asked). Every parameter whose layer is unchanged is copied
+bit for bit; each newly replaced ``nn.Linear`` becomes a :class:`KaleidoscopeLinear` fitted to
+its weight ``W`` (minimising ``‖W_k − W‖``) or, with ``--data-bin`` and ``--activations N``,
+to ``N`` real input rows ``X`` of that layer recorded while the dense model runs on the data
+(minimising ``‖X W_kᵀ − X Wᵀ‖``: what the network sees). The bias is copied. The output
+checkpoint's config names the K-matrix layers, so ``fairseq-generate --user-dir ... --path``
+loads it as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class ConversionError(ValueError):
+    """The input cannot be converted as asked (message says why)."""
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    weight_rel_error: float  # ‖W_k − W‖_F / ‖W‖_F
+    output_rel_error: float | None  # ‖X W_kᵀ − X Wᵀ‖_F / ‖X Wᵀ‖_F on the recorded activations
+    seconds: float
+
+
+def _import_fairseq() -> None:
+    import fairseq  # noqa: F401  (before the plugin, so that it registers its architectures)
+
+    from . import models  # noqa: F401
+    from .compat.safe_globals import allow_fairseq_checkpoint_types
+
+    allow_fairseq_checkpoint_types()
+
+
+def load_state(path: str) -> dict:
+    from fairseq import checkpoint_utils
+
+    if not os.path.isfile(path):
+        raise ConversionError(f"checkpoint not found: {path}")
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    if state.get("cfg") is None or state["cfg"].get("model") is None or "model" not in state:
+        raise ConversionError(f"{path} is not a fairseq model checkpoint (no cfg.model / model entries)")
+    return state
+
+
+def _model_config(state: dict) -> object:
+    """The checkpoint's ``cfg.model`` as one of our dataclass configs (stock ``lightconv`` mapped onto ours)."""
+    from omegaconf import OmegaConf
+
+    model_cfg = state["cfg"]["model"]
+    if isinstance(model_cfg, argparse.Namespace):
+        arch = getattr(model_cfg, "arch", "?")
+        if not str(arch).startswith("lightconv"):
+            raise ConversionError(f"unsupported architecture {arch!r}: expected a kaleidoscope_* or lightconv model")
+        from .models.kaleidoscope_lightconv import KaleidoscopeLightConvConfig
+
+        # fairseq's lightconv uses the same option and parameter names as our dense lightconv.
+        ours = OmegaConf.structured(KaleidoscopeLightConvConfig)
+        for key in ours:
+            if hasattr(model_cfg, key) and getattr(model_cfg, key) is not None:
+                ours[key] = getattr(model_cfg, key)
+        ours.kmatrix_layers = "none"
+        ours._name = "kaleidoscope_lightconv"
+        return ours
+    name = str(model_cfg.get("_name", ""))
+    if not name.startswith("kaleidoscope_") or "kmatrix_layers" not in model_cfg:
+        raise ConversionError(f"unsupported architecture {name!r}: expected a kaleidoscope_* or lightconv model")
+    return OmegaConf.create(OmegaConf.to_container(model_cfg))
+
+
+def _dictionaries(state: dict, data_bin: str | None, model_cfg: object) -> tuple[object, object, object | None]:
+    """Source/target dictionaries (the task's with ``--data-bin``, else dummies of the embedding sizes)."""
+    from .models.builder import dummy_dictionary
+
+    if data_bin is not None:
+        from fairseq import tasks
+        from omegaconf import OmegaConf, open_dict
+
+        task_cfg = OmegaConf.create(OmegaConf.to_container(state["cfg"]["task"]))
+        with open_dict(task_cfg):
+            task_cfg.data = data_bin
+        task = tasks.setup_task(task_cfg)
+        return task.source_dictionary, task.target_dictionary, task
+    sd = state["model"]
+    return (
+        dummy_dictionary(sd["encoder.embed_tokens.weight"].shape[0]),
+        dummy_dictionary(sd["decoder.embed_tokens.weight"].shape[0]),
+        None,
+    )
+
+
+def _record_inputs(dense: nn.Module, names: Sequence[str], task: object, count: int, subset: str) -> dict:
+    """Up to ``count`` input rows of each named linear layer, from the dense model on ``subset`` batches."""
+    modules = dict(dense.named_modules())
+    rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    seen = dict.fromkeys(names, 0)
+
+    def hook(name: str):
+        def record(_m: nn.Module, args: tuple, _out: torch.Tensor) -> None:
+            if seen[name] < count:
+                x = args[0].detach().reshape(-1, args[0].shape[-1])[: count - seen[name]]
+                rows[name].append(x.float())
+                seen[name] += x.shape[0]
+
+        return record
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        task.load_dataset(subset)
+        itr = task.get_batch_iterator(
+            task.dataset(subset), max_tokens=4096, max_positions=dense.max_positions(), seed=1
+        ).next_epoch_itr(shuffle=True)
+        dense.eval()
+        with torch.no_grad():
+            for sample in itr:
+                if min(seen.values()) >= count:
+                    break
+                dense(**sample["net_input"])
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: torch.cat(r) for n, r in rows.items()}
+
+
+def convert(
+    input_path: str,
+    output_path: str,
+    kmatrix_layers: str,
+    *,
+    nblocks: int = 1,
+    data_bin: str | None = None,
+    activations: int = 0,
+    subset: str = "train",
+    steps: int = 1000,
+    restarts: int = 2,
+    time_budget: float | None = None,
+    log: object = print,
+) -> list[LayerReport]:
+    """Convert ``input_path`` to a K-matrix checkpoint at ``output_path``; returns the per-layer fit report."""
+    _import_fairseq()
+    from omegaconf import OmegaConf, open_dict
+
+    from .kmatrix import KaleidoscopeLinear
+    from .kmatrix.fit import fit
+    from .models.builder import build_model_from_config
+
+    if activations and data_bin is None:
+        raise ConversionError("--activations needs --data-bin (the data to run the dense model on)")
+    state = load_state(input_path)
+    dense_cfg = _model_config(state)
+    src, tgt, task = _dictionaries(state, data_bin, dense_cfg)
+    dense = build_model_from_config(dense_cfg, src, tgt)
+    dense_sd = state["model"]
+    missing, unexpected = dense.load_state_dict(dense_sd, strict=False)
+    if missing or unexpected:
+        raise ConversionError(
+            f"{input_path} does not match its own config (missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]})"
+        )
+    kcfg = OmegaConf.create(OmegaConf.to_container(dense_cfg))
+    with open_dict(kcfg):
+        old = str(dense_cfg.kmatrix_layers)
+        # Layers that already are K-matrices stay so (their twiddles are copied).
+        kcfg.kmatrix_layers = kmatrix_layers if old == "none" else f"{old},{kmatrix_layers}"
+        kcfg.kmatrix_nblocks = nblocks
+    try:
+        kmodel = build_model_from_config(kcfg, src, tgt)
+    except ValueError as e:  # unknown --kmatrix-layers entries: the parser lists the valid ones
+        raise ConversionError(str(e)) from e
+    dense_modules = dict(dense.named_modules())
+    targets = [
+        n
+        for n, m in kmodel.named_modules()
+        if isinstance(m, KaleidoscopeLinear) and not isinstance(dense_modules.get(n), KaleidoscopeLinear)
+    ]
+    already = [n for n, m in kmodel.named_modules() if isinstance(m, KaleidoscopeLinear) and n not in targets]
+    if not targets:
+        detail = f" (already K-matrices: {', '.join(already)})" if already else ""
+        raise ConversionError(f"--kmatrix-layers {kmatrix_layers!r} replaces no dense layer of {input_path}{detail}")
+    for n in targets:
+        if not isinstance(dense_modules.get(n), nn.Linear):
+            raise ConversionError(f"{n} is {type(dense_modules.get(n)).__name__} in {input_path}, not nn.Linear")
+    inputs = _record_inputs(dense, targets, task, activations, subset) if activations else {}
+    if activations:
+        log(f"recorded {activations} input rows per layer from {data_bin} ({subset})")
+
+    new_sd = kmodel.state_dict()
+    converted_keys = {f"{n}.{p}" for n in targets for p in ("twiddle", "bias")}
+    for key in new_sd:
+        if key in converted_keys:
+            continue
+        if key not in dense_sd or dense_sd[key].shape != new_sd[key].shape:
+            raise ConversionError(f"parameter {key} of the K-matrix model has no counterpart in {input_path}")
+        new_sd[key] = dense_sd[key]
+    reports = []
+    for i, name in enumerate(targets, 1):
+        layer: nn.Linear = dense_modules[name]
+        w = layer.weight.detach().float()
+        start = time.perf_counter()
+        target = (inputs[name], inputs[name] @ w.t()) if name in inputs else w
+        result = fit(
+            target,
+            nblocks=nblocks,
+            restarts=restarts,
+            max_steps=steps,
+            time_budget=time_budget,
+            batch_size=min(1024, inputs[name].shape[0]) if name in inputs else None,
+        )
+        seconds = time.perf_counter() - start
+        twiddle = result.layer.twiddle.detach()
+        if twiddle.shape != new_sd[f"{name}.twiddle"].shape:
+            raise ConversionError(
+                f"{name}: fitted twiddle {tuple(twiddle.shape)} != {tuple(new_sd[name + '.twiddle'].shape)}"
+            )
+        new_sd[f"{name}.twiddle"] = twiddle.to(layer.weight.dtype).clone()
+        if layer.bias is not None:
+            new_sd[f"{name}.bias"] = dense_sd[f"{name}.bias"]
+        with torch.no_grad():
+            wk = result.layer.to_dense().float()
+            werr = float((wk - w).norm() / w.norm().clamp_min(1e-30))
+            oerr = None
+            if name in inputs:
+                x = inputs[name]
+                oerr = float((x @ wk.t() - x @ w.t()).norm() / (x @ w.t()).norm().clamp_min(1e-30))
+        reports.append(LayerReport(name, (w.shape[0], w.shape[1]), werr, oerr, seconds))
+        out_txt = "" if oerr is None else f", output rel. error {oerr:.4f}"
+        log(
+            f"[{i}/{len(targets)}] {name} {w.shape[0]}x{w.shape[1]}: weight rel. error {werr:.4f}{out_txt} "
+            f"({result.steps} steps, {seconds:.1f} s, {result.stop_reason})"
+        )
+    kmodel.load_state_dict(new_sd)  # strict: proves the new state matches the new config
+
+    cfg = (
+        OmegaConf.create(OmegaConf.to_container(state["cfg"]))
+        if not isinstance(state["cfg"]["model"], argparse.Namespace)
+        else _stock_cfg(state)
+    )
+    with open_dict(cfg):
+        cfg.model = kcfg
+    out = {
+        "args": None,
+        "cfg": OmegaConf.to_container(cfg, resolve=True),
+        "model": new_sd,
+        "optimizer_history": state.get("optimizer_history", [])[-1:],
+        "extra_state": {"converted_from": os.path.abspath(input_path), "kmatrix_layers": kmatrix_layers},
+        "last_optimizer_state": None,
+    }
+    torch.save(out, output_path)
+    log(f"wrote {output_path} ({len(targets)} layers converted, {len(new_sd) - 2 * len(targets)} tensors copied)")
+    return reports
+
+
+def _stock_cfg(state: dict) -> object:
+    """A stock fairseq checkpoint's cfg with the Namespace entries dropped (we only keep task options)."""
+    from omegaconf import OmegaConf
+
+    cfg = state["cfg"]
+    plain = {k: OmegaConf.to_container(v) for k, v in cfg.items() if k != "model" and OmegaConf.is_config(v)}
+    return OmegaConf.create(plain)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m fairseq_kaleidoscope.convert", description=__doc__.split("\n")[0])
+    p.add_argument("--input", required=True, help="dense checkpoint (trained with --kmatrix-layers none)")
+    p.add_argument("--output", required=True, help="where to write the K-matrix checkpoint")
+    p.add_argument("--kmatrix-layers", default="decoder.all", help="layers to replace (as in fairseq-train)")
+    p.add_argument("--kmatrix-nblocks", type=int, default=1, help="B·Bᵀ blocks per K-matrix")
+    p.add_argument("--data-bin", help="fairseq data-bin directory to record real layer inputs from")
+    p.add_argument("--activations", type=int, default=0, help="input rows per layer to fit on (needs --data-bin)")
+    p.add_argument("--subset", default="train", help="data split the activations come from")
+    p.add_argument("--steps", type=int, default=1000, help="Adam steps per layer")
+    p.add_argument("--restarts", type=int, default=2, help="random initialisations per layer")
+    p.add_argument("--time-budget", type=float, help="seconds per layer")
+    args = p.parse_args(argv)
+    try:
+        convert(
+            args.input, args.output, args.kmatrix_layers, nblocks=args.kmatrix_nblocks, data_bin=args.data_bin,
+            activations=args.activations, subset=args.subset, steps=args.steps, restarts=args.restarts,
+            time_budget=args.time_budget, log=lambda s: print(s, flush=True),
+        )  # fmt: skip
+    except ConversionError as e:
+        sys.exit(f"convert: error: {e}")
+
+
+if __name__ == "__main__":
+    main()
