@@ -53,7 +53,10 @@ def load_state(path: str) -> dict:
 
     if not os.path.isfile(path):
         raise ConversionError(f"checkpoint not found: {path}")
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except Exception as e:  # torch/pickle/fairseq-upgrade errors of a file that is not a fairseq checkpoint
+        raise ConversionError(f"cannot read {path} as a fairseq checkpoint: {type(e).__name__}: {e}") from e
     if state.get("cfg") is None or state["cfg"].get("model") is None or "model" not in state:
         raise ConversionError(f"{path} is not a fairseq model checkpoint (no cfg.model / model entries)")
     return state
@@ -73,8 +76,11 @@ def _model_config(state: dict) -> object:
         # fairseq's lightconv uses the same option and parameter names as our dense lightconv.
         ours = OmegaConf.structured(KaleidoscopeLightConvConfig)
         for key in ours:
-            if hasattr(model_cfg, key) and getattr(model_cfg, key) is not None:
-                ours[key] = getattr(model_cfg, key)
+            value = getattr(model_cfg, key, None)
+            if value is not None:
+                # fairseq stores some int flags (weight_softmax) as bools
+                is_int_flag = isinstance(ours[key], int) and not isinstance(ours[key], bool)
+                ours[key] = int(value) if isinstance(value, bool) and is_int_flag else value
         ours.kmatrix_layers = "none"
         ours._name = "kaleidoscope_lightconv"
         return ours
@@ -167,6 +173,7 @@ def convert(
     src, tgt, task = _dictionaries(state, data_bin, dense_cfg)
     dense = build_model_from_config(dense_cfg, src, tgt)
     dense_sd = state["model"]
+    dense.upgrade_state_dict(dense_sd)  # as load_state_dict would (drops stock lightconv's unused conv_bias)
     missing, unexpected = dense.load_state_dict(dense_sd, strict=False)
     if missing or unexpected:
         raise ConversionError(
@@ -201,6 +208,7 @@ def convert(
         log(f"recorded {activations} input rows per layer from {data_bin} ({subset})")
 
     new_sd = kmodel.state_dict()
+    copied = 0
     converted_keys = {f"{n}.{p}" for n in targets for p in ("twiddle", "bias")}
     for key in new_sd:
         if key in converted_keys:
@@ -208,6 +216,7 @@ def convert(
         if key not in dense_sd or dense_sd[key].shape != new_sd[key].shape:
             raise ConversionError(f"parameter {key} of the K-matrix model has no counterpart in {input_path}")
         new_sd[key] = dense_sd[key]
+        copied += 1
     reports = []
     for i, name in enumerate(targets, 1):
         layer: nn.Linear = dense_modules[name]
@@ -255,14 +264,15 @@ def convert(
         cfg.model = kcfg
     out = {
         "args": None,
-        "cfg": OmegaConf.to_container(cfg, resolve=True),
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         "model": new_sd,
-        "optimizer_history": state.get("optimizer_history", [])[-1:],
+        # fairseq's loader wants one history entry; no optimizer state (its shapes changed).
+        "optimizer_history": [{**state["optimizer_history"][-1], "optimizer_name": "none"}],
         "extra_state": {"converted_from": os.path.abspath(input_path), "kmatrix_layers": kmatrix_layers},
         "last_optimizer_state": None,
     }
     torch.save(out, output_path)
-    log(f"wrote {output_path} ({len(targets)} layers converted, {len(new_sd) - 2 * len(targets)} tensors copied)")
+    log(f"wrote {output_path} ({len(targets)} layers converted, {copied} tensors copied unchanged)")
     return reports
 
 

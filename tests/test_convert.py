@@ -117,3 +117,35 @@ def test_bad_input_gives_clear_errors(trained: Path, tmp_path: Path) -> None:
                            "--output", str(tmp_path / "o.pt")], capture_output=True, text=True, env=ENV)  # fmt: skip
     assert proc.returncode != 0 and "convert: error: checkpoint not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_stock_fairseq_lightconv_checkpoint(tmp_path: Path) -> None:
+    """fairseq's own lightconv (argparse config, a pickled Namespace) has our dense parameter names."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from omegaconf import OmegaConf
+
+    from fairseq_kaleidoscope.models.builder import build_model_from_args
+
+    argv = ["--arch", "lightconv_iwslt_de_en", *MODEL[2:]]
+    model, _ = build_model_from_args(argv, 20)
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), ["x", *argv]))
+    history = [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "Adam", "lr_scheduler_state": {},
+                "num_updates": 3}]  # fmt: skip
+    stock = {"args": None, "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+             "model": model.state_dict(), "optimizer_history": history, "extra_state": {}}  # fmt: skip
+    torch.save(stock, tmp_path / "stock.pt")
+    reports = convert(str(tmp_path / "stock.pt"), str(tmp_path / "k.pt"), "decoder.fc1", steps=5, restarts=1,
+                      log=lambda s: None)  # fmt: skip
+    assert [r.name for r in reports] == ["decoder.layers.0.fc1"]
+    out = torch.load(tmp_path / "k.pt", weights_only=True)
+    assert out["cfg"]["model"]["_name"] == "kaleidoscope_lightconv"
+    assert out["cfg"]["model"]["encoder_kernel_size_list"] == [3]
+    assert torch.equal(out["model"]["decoder.layers.0.fc2.weight"], stock["model"]["decoder.layers.0.fc2.weight"])
+    # fairseq's lightconv also saves a conv_bias its forward never uses; our model drops it on load.
+    kept = {k for k in stock["model"] if not k.endswith("conv.conv_bias")}
+    assert len(kept) == len(stock["model"]) - 2
+    assert set(out["model"]) == kept - {"decoder.layers.0.fc1.weight"} | {"decoder.layers.0.fc1.twiddle"}
+    torch.save({"x": 1}, tmp_path / "junk.pt")
+    with pytest.raises(ConversionError, match=r"cannot read .*junk\.pt as a fairseq checkpoint"):
+        convert(str(tmp_path / "junk.pt"), str(tmp_path / "j.pt"), "decoder.all")
