@@ -35,7 +35,7 @@ class LayerReport:
     name: str
     shape: tuple[int, int]
     weight_rel_error: float  # ‖W_k − W‖_F / ‖W‖_F
-    output_rel_error: float | None  # ‖X W_kᵀ − X Wᵀ‖_F / ‖X Wᵀ‖_F on the recorded activations
+    output_rel_error: float | None  # ‖X W_kᵀ − X Wᵀ‖_F / ‖X Wᵀ‖_F on held-out recorded activations
     seconds: float
 
 
@@ -222,14 +222,20 @@ def convert(
         layer: nn.Linear = dense_modules[name]
         w = layer.weight.detach().float()
         start = time.perf_counter()
-        target = (inputs[name], inputs[name] @ w.t()) if name in inputs else w
+        x_fit = x_test = None
+        if name in inputs:
+            # Every 10th recorded row is held out to measure the output error honestly.
+            rows = inputs[name]
+            test = torch.arange(rows.shape[0]) % 10 == 9
+            x_fit, x_test = (rows[~test], rows[test]) if test.any() else (rows, rows)
+        target = (x_fit, x_fit @ w.t()) if x_fit is not None else w
         result = fit(
             target,
             nblocks=nblocks,
             restarts=restarts,
             max_steps=steps,
             time_budget=time_budget,
-            batch_size=min(1024, inputs[name].shape[0]) if name in inputs else None,
+            batch_size=min(1024, x_fit.shape[0]) if x_fit is not None else None,
         )
         seconds = time.perf_counter() - start
         twiddle = result.layer.twiddle.detach()
@@ -244,11 +250,11 @@ def convert(
             wk = result.layer.to_dense().float()
             werr = float((wk - w).norm() / w.norm().clamp_min(1e-30))
             oerr = None
-            if name in inputs:
-                x = inputs[name]
+            if x_test is not None:
+                x = x_test
                 oerr = float((x @ wk.t() - x @ w.t()).norm() / (x @ w.t()).norm().clamp_min(1e-30))
         reports.append(LayerReport(name, (w.shape[0], w.shape[1]), werr, oerr, seconds))
-        out_txt = "" if oerr is None else f", output rel. error {oerr:.4f}"
+        out_txt = "" if oerr is None else f", held-out output rel. error {oerr:.4f}"
         log(
             f"[{i}/{len(targets)}] {name} {w.shape[0]}x{w.shape[1]}: weight rel. error {werr:.4f}{out_txt} "
             f"({result.steps} steps, {seconds:.1f} s, {result.stop_reason})"
