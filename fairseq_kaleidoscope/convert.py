@@ -153,6 +153,7 @@ def convert(
     data_bin: str | None = None,
     activations: int = 0,
     subset: str = "train",
+    fit_on: str | None = None,
     steps: int = 1000,
     restarts: int = 2,
     time_budget: float | None = None,
@@ -168,6 +169,9 @@ def convert(
 
     if activations and data_bin is None:
         raise ConversionError("--activations needs --data-bin (the data to run the dense model on)")
+    fit_on = fit_on or ("activations" if activations else "weights")
+    if fit_on not in ("weights", "activations") or (fit_on == "activations" and not activations):
+        raise ConversionError(f"--fit-on {fit_on!r}: use 'weights', or 'activations' with --activations N")
     state = load_state(input_path)
     dense_cfg = _model_config(state)
     src, tgt, task = _dictionaries(state, data_bin, dense_cfg)
@@ -228,14 +232,15 @@ def convert(
             rows = inputs[name]
             test = torch.arange(rows.shape[0]) % 10 == 9
             x_fit, x_test = (rows[~test], rows[test]) if test.any() else (rows, rows)
-        target = (x_fit, x_fit @ w.t()) if x_fit is not None else w
+        on_acts = fit_on == "activations"
+        target = (x_fit, x_fit @ w.t()) if on_acts else w
         result = fit(
             target,
             nblocks=nblocks,
             restarts=restarts,
             max_steps=steps,
             time_budget=time_budget,
-            batch_size=min(1024, x_fit.shape[0]) if x_fit is not None else None,
+            batch_size=min(1024, x_fit.shape[0]) if on_acts else None,
         )
         seconds = time.perf_counter() - start
         twiddle = result.layer.twiddle.detach()
@@ -300,6 +305,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--data-bin", help="fairseq data-bin directory to record real layer inputs from")
     p.add_argument("--activations", type=int, default=0, help="input rows per layer to fit on (needs --data-bin)")
     p.add_argument("--subset", default="train", help="data split the activations come from")
+    p.add_argument(
+        "--fit-on",
+        choices=["weights", "activations"],
+        help="what to fit (default: activations when --activations is given); "
+        "--fit-on weights --activations N fits the weights but still reports the output error",
+    )
     p.add_argument("--steps", type=int, default=1000, help="Adam steps per layer")
     p.add_argument("--restarts", type=int, default=2, help="random initialisations per layer")
     p.add_argument("--time-budget", type=float, help="seconds per layer")
@@ -307,8 +318,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         convert(
             args.input, args.output, args.kmatrix_layers, nblocks=args.kmatrix_nblocks, data_bin=args.data_bin,
-            activations=args.activations, subset=args.subset, steps=args.steps, restarts=args.restarts,
-            time_budget=args.time_budget, log=lambda s: print(s, flush=True),
+            activations=args.activations, subset=args.subset, fit_on=args.fit_on, steps=args.steps,
+            restarts=args.restarts, time_budget=args.time_budget, log=lambda s: print(s, flush=True),
         )  # fmt: skip
     except ConversionError as e:
         sys.exit(f"convert: error: {e}")

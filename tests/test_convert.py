@@ -112,6 +112,8 @@ def test_bad_input_gives_clear_errors(trained: Path, tmp_path: Path) -> None:
         convert(dense, str(tmp_path / "o.pt"), "decoder.nope")
     with pytest.raises(ConversionError, match="--activations needs --data-bin"):
         convert(dense, str(tmp_path / "o.pt"), "decoder.all", activations=10)
+    with pytest.raises(ConversionError, match="--fit-on 'activations': use"):
+        convert(dense, str(tmp_path / "o.pt"), "decoder.all", fit_on="activations")
     assert not (tmp_path / "o.pt").exists()
     proc = subprocess.run([sys.executable, "-m", "fairseq_kaleidoscope.convert", "--input", str(tmp_path / "x.pt"),
                            "--output", str(tmp_path / "o.pt")], capture_output=True, text=True, env=ENV)  # fmt: skip
@@ -149,3 +151,15 @@ def test_stock_fairseq_lightconv_checkpoint(tmp_path: Path) -> None:
     torch.save({"x": 1}, tmp_path / "junk.pt")
     with pytest.raises(ConversionError, match=r"cannot read .*junk\.pt as a fairseq checkpoint"):
         convert(str(tmp_path / "junk.pt"), str(tmp_path / "j.pt"), "decoder.all")
+
+
+def test_fit_on_weights_still_reports_the_output_error(trained: Path, tmp_path: Path) -> None:
+    dense = str(trained / "ck" / "checkpoint_last.pt")
+    kw = dict(data_bin=str(trained / "bin"), activations=100, subset="valid", steps=5, restarts=1, log=lambda s: None)
+    on_w = convert(dense, str(tmp_path / "w.pt"), "decoder.fc2", fit_on="weights", **kw)
+    plain = convert(dense, str(tmp_path / "p.pt"), "decoder.fc2", steps=5, restarts=1, log=lambda s: None)
+    # Same seed, same weight target: the same fit; the activations only add the output measurement.
+    assert on_w[0].weight_rel_error == pytest.approx(plain[0].weight_rel_error, rel=1e-6)
+    assert plain[0].output_rel_error is None and on_w[0].output_rel_error > 0
+    a, b = (torch.load(tmp_path / f, weights_only=True)["model"] for f in ("w.pt", "p.pt"))
+    assert torch.equal(a["decoder.layers.0.fc2.twiddle"], b["decoder.layers.0.fc2.twiddle"])
