@@ -36,6 +36,7 @@ class LayerReport:
     shape: tuple[int, int]
     weight_rel_error: float  # ‖W_k − W‖_F / ‖W‖_F
     output_rel_error: float | None  # ‖X W_kᵀ − X Wᵀ‖_F / ‖X Wᵀ‖_F on held-out recorded activations
+    rows: int  # input rows (non-padding token positions) recorded for this layer; 0 without data
     seconds: float
 
 
@@ -111,18 +112,45 @@ def _dictionaries(state: dict, data_bin: str | None, model_cfg: object) -> tuple
     )
 
 
+def _token_mask(name: str, sample: dict, task: object) -> torch.Tensor:
+    """Which input rows of layer ``name`` are real tokens, laid out as the layer sees them.
+
+    Layers run time-major ``(T, B)``; the vocabulary projection batch-major ``(B, T)``.
+    Encoder layers and the encoder-attention key/value projections see source positions.
+    """
+    net = sample["net_input"]
+    on_source = name.startswith("encoder.") or name.endswith(("encoder_attn.k_proj", "encoder_attn.v_proj"))
+    tokens = net["src_tokens"] if on_source else net["prev_output_tokens"]
+    mask = tokens.ne((task.source_dictionary if on_source else task.target_dictionary).pad())
+    return mask if name.endswith("output_projection") else mask.t()
+
+
 def _record_inputs(dense: nn.Module, names: Sequence[str], task: object, count: int, subset: str) -> dict:
-    """Up to ``count`` input rows of each named linear layer, from the dense model on ``subset`` batches."""
+    """Up to ``count`` input rows of each named linear layer (padding left out), from the dense model on data."""
+    from fairseq.modules import MultiheadAttention
+
     modules = dict(dense.named_modules())
+    for n in names:
+        parent = modules[n.rpartition(".")[0]]
+        if isinstance(parent, MultiheadAttention):
+            # fairseq's fused attention reads q_proj.weight etc. without calling the modules
+            # (so hooks would never fire); this flag routes it through them, same result.
+            parent._set_skip_embed_dim_check()
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     seen = dict.fromkeys(names, 0)
+    current: dict = {}
 
     def hook(name: str):
         def record(_m: nn.Module, args: tuple, _out: torch.Tensor) -> None:
-            if seen[name] < count:
-                x = args[0].detach().reshape(-1, args[0].shape[-1])[: count - seen[name]]
-                rows[name].append(x.float())
-                seen[name] += x.shape[0]
+            if seen[name] >= count:
+                return
+            x = args[0].detach()
+            mask = _token_mask(name, current["sample"], task)
+            if mask.shape != x.shape[:-1]:
+                raise ConversionError(f"{name}: unexpected input layout {tuple(x.shape)} (tokens {tuple(mask.shape)})")
+            x = x[mask][: count - seen[name]]
+            rows[name].append(x.float())
+            seen[name] += x.shape[0]
 
         return record
 
@@ -137,10 +165,14 @@ def _record_inputs(dense: nn.Module, names: Sequence[str], task: object, count: 
             for sample in itr:
                 if min(seen.values()) >= count:
                     break
+                current["sample"] = sample
                 dense(**sample["net_input"])
     finally:
         for h in handles:
             h.remove()
+    never = [n for n in names if not seen[n]]
+    if never:
+        raise ConversionError(f"no input rows were recorded for {', '.join(never)} (layer not called?)")
     return {n: torch.cat(r) for n, r in rows.items()}
 
 
@@ -258,7 +290,8 @@ def convert(
             if x_test is not None:
                 x = x_test
                 oerr = float((x @ wk.t() - x @ w.t()).norm() / (x @ w.t()).norm().clamp_min(1e-30))
-        reports.append(LayerReport(name, (w.shape[0], w.shape[1]), werr, oerr, seconds))
+        nrows = inputs[name].shape[0] if name in inputs else 0
+        reports.append(LayerReport(name, (w.shape[0], w.shape[1]), werr, oerr, nrows, seconds))
         out_txt = "" if oerr is None else f", held-out output rel. error {oerr:.4f}"
         log(
             f"[{i}/{len(targets)}] {name} {w.shape[0]}x{w.shape[1]}: weight rel. error {werr:.4f}{out_txt} "

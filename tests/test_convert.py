@@ -163,3 +163,33 @@ def test_fit_on_weights_still_reports_the_output_error(trained: Path, tmp_path: 
     assert plain[0].output_rel_error is None and on_w[0].output_rel_error > 0
     a, b = (torch.load(tmp_path / f, weights_only=True)["model"] for f in ("w.pt", "p.pt"))
     assert torch.equal(a["decoder.layers.0.fc2.twiddle"], b["decoder.layers.0.fc2.twiddle"])
+
+
+def test_activations_skip_padding_and_reach_fused_attention(trained: Path, tmp_path: Path) -> None:
+    """Recorded rows are exactly the real tokens; attention projections (fused in fairseq) are recorded too."""
+    from fairseq import options
+    from fairseq.data import Dictionary
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from omegaconf import OmegaConf
+
+    from fairseq_kaleidoscope.models.builder import build_model_from_args
+
+    src, tgt = (Dictionary.load(str(trained / "bin" / f"dict.{lang}.txt")) for lang in ("de", "en"))
+    argv = ["--arch", "kaleidoscope_transformer_iwslt_de_en", *MODEL[2:6], *MODEL[10:], "--kmatrix-layers", "none"]
+    model, _ = build_model_from_args(argv, src, tgt)
+    args = options.parse_args_and_arch(options.get_training_parser(), [str(trained / "bin"), *argv])
+    cfg = OmegaConf.to_container(convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True)
+    history = [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "Adam", "lr_scheduler_state": {},
+                "num_updates": 0}]  # fmt: skip
+    torch.save({"args": None, "cfg": cfg, "model": model.state_dict(), "optimizer_history": history,
+                "extra_state": {}}, tmp_path / "tf.pt")  # fmt: skip
+    layers = "encoder.fc1,decoder.self_attn_q,decoder.attn_k,decoder.output_projection"
+    reports = convert(str(tmp_path / "tf.pt"), str(tmp_path / "k.pt"), layers, data_bin=str(trained / "bin"),
+                      activations=10**6, subset="valid", steps=3, restarts=1, log=lambda s: None)  # fmt: skip
+    rows = {r.name: r.rows for r in reports}
+    # Each sentence contributes its words plus </s>, on both sides (the target's BOS replaces its EOS).
+    lines = (trained / "valid.de").read_text().splitlines()
+    tokens = sum(len(line.split()) + 1 for line in lines)
+    assert rows == {"encoder.layers.0.fc1": tokens, "decoder.layers.0.self_attn.q_proj": tokens,
+                    "decoder.layers.0.encoder_attn.k_proj": tokens, "decoder.output_projection": tokens}  # fmt: skip
+    assert all(r.output_rel_error is not None for r in reports)
