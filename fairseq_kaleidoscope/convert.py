@@ -8,9 +8,13 @@ The input is a checkpoint of one of our architectures trained with ``--kmatrix-l
 bit for bit; each newly replaced ``nn.Linear`` becomes a :class:`KaleidoscopeLinear` fitted to
 its weight ``W`` (minimising ``‖W_k − W‖``) or, with ``--data-bin`` and ``--activations N``,
 to ``N`` real input rows ``X`` of that layer recorded while the dense model runs on the data
-(minimising ``‖X W_kᵀ − X Wᵀ‖``: what the network sees). The bias is copied. The output
-checkpoint's config names the K-matrix layers, so ``fairseq-generate --user-dir ... --path``
-loads it as is.
+(minimising ``‖X W_kᵀ − X Wᵀ‖``: what the network sees; padding positions are left out and
+every 10th row is held out to report the output error). ``--fit-on weights`` with
+``--activations`` fits the weights but still reports that output error. Layers are fitted
+independently, each on the dense model's own activations. The bias is copied. The output
+checkpoint's config names the K-matrix layers (no optimizer state), so ``fairseq-generate
+--user-dir ... --path`` loads it as is and ``fairseq-train --restore-file ... --reset-optimizer``
+fine-tunes it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -189,7 +193,7 @@ def convert(
     steps: int = 1000,
     restarts: int = 2,
     time_budget: float | None = None,
-    log: object = print,
+    log: Callable[[str], None] = print,
 ) -> list[LayerReport]:
     """Convert ``input_path`` to a K-matrix checkpoint at ``output_path``; returns the per-layer fit report."""
     _import_fairseq()
