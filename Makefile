@@ -1,12 +1,17 @@
 # Single entry point. Every target runs the idempotent setup first.
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint bench check-cuda clean
+.PHONY: setup demo layer-demo test lint bench check-cuda clean
 
 setup:
 	bash scripts/setup.sh
 
+# The main job: synthetic corpus, tiny dense vs K-matrix DynamicConv, BLEU / time / params table.
 demo: setup
+	$(PY) -m fairseq_kaleidoscope.recipes.main_job
+
+# KaleidoscopeLinear vs nn.Linear on a few sizes (parameters, error, forward time).
+layer-demo: setup
 	$(PY) -m fairseq_kaleidoscope.demo
 
 lint: setup
