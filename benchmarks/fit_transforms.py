@@ -37,6 +37,7 @@ import torch
 
 from fairseq_kaleidoscope.kmatrix.constructors import bit_reversal_permutation
 from fairseq_kaleidoscope.kmatrix.fit import fit
+from fairseq_kaleidoscope.timing import cpu_name
 
 TARGETS = ("dft", "dct", "hadamard", "permutation", "toeplitz", "random")
 SIZES = (8, 32, 128, 512, 1024)
@@ -62,15 +63,6 @@ def make_target(name: str, n: int, seed: int = 0) -> torch.Tensor:
         raise ValueError(f"unknown target {name!r}; choose from {TARGETS}")
     return torch.from_numpy(np.ascontiguousarray(t))
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def default_budget(n: int) -> float:
@@ -176,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),
         "load_average_start": os.getloadavg(), "command": " ".join(sys.argv),
     }

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from fairseq_kaleidoscope.kmatrix.ops import HAS_EXTENSION, butterfly_multiply
 from fairseq_kaleidoscope.kmatrix.reference import butterfly_multiply_ref
+from fairseq_kaleidoscope.timing import cpu_name
 
 IMPLS = ("dense", "kmat1", "kmat2", "ref")
 FULL_N = (256, 512, 1024, 2048, 4096)
@@ -64,15 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--batch and --threads must be >= 1")
     return args
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def flops(impl: str, n: int, batch: int, backward: bool) -> float:
@@ -292,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     default_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     meta = {
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "isa": isa,
