@@ -174,3 +174,19 @@ def test_fallback_without_extension_warns_once_and_works():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("in_f,out_f", [(64, 64), (64, 128), (64, 100), (60, 64)])
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_inference_path_equals_autograd_path(in_f, out_f, mode):
+    """Decoding (no autograd) takes a shorter path; it must compute the same thing."""
+    layer = KaleidoscopeLinear(in_f, out_f, init="randn")
+    x = torch.randn(3, 5, in_f)
+    want = layer(x)
+    with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+        got = layer(x)
+        assert layer(torch.randn(0, in_f)).shape == (0, out_f)
+        with pytest.raises(ValueError, match="expected input of shape"):
+            layer(torch.randn(3, in_f + 1))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not got.requires_grad
