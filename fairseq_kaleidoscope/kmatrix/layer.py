@@ -9,10 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .init import init_twiddle_
-from .ops import butterfly_multiply, uses_compiled_kernel
+from .ops import butterfly_multiply, butterfly_multiply_no_grad, uses_compiled_kernel
 from .parameter import TwiddleParameter
-
-_BUTTERFLY_OP = torch.ops.kaleidoscope.butterfly_multiply.default if uses_compiled_kernel(torch.zeros(1)) else None
 
 
 def next_power_of_two(n: int) -> int:
@@ -142,17 +140,12 @@ class KaleidoscopeLinear(nn.Module):
         return self._multiply(x, with_bias=True)
 
     def _forward_inference(self, x: torch.Tensor, tw: torch.Tensor) -> torch.Tensor:
-        """Decoding path: one kernel call between two views, no autograd kernel in the way.
-
-        At batch 1 the generic path's Python (padding logic, the op wrapper's checks, the
-        autograd kernel) cost twice the kernel itself; the op checks its arguments anyway.
-        """
+        """Decoding path: one no-grad kernel call between two views (no padding logic)."""
         n, nstacks, bias = self.n, self.nstacks, self.bias
         rows = x.reshape(-1, 1, n)
         if nstacks > 1:
             rows = rows.expand(-1, nstacks, n)
-        with torch._C._AutoDispatchBelowAutograd():
-            y = _BUTTERFLY_OP(tw, rows, None if bias is None else bias.view(nstacks, n), False)
+        y = butterfly_multiply_no_grad(tw, rows, False, None if bias is None else bias.view(nstacks, n))
         return y.view_as(x) if nstacks == 1 else y.view(*x.shape[:-1], self.out_features)
 
     def to_dense(self) -> torch.Tensor:

@@ -96,18 +96,31 @@ def butterfly_multiply(
         if not same_device or _needs_grad(twiddle, x, bias) or torch.compiler.is_compiling():
             check_butterfly_args(twiddle, x, bias)
             return op(twiddle, x, bias, increasing_stride)
-        # No gradient wanted (decoding): skip the Python autograd kernel and the Python
-        # checks (the op checks the same things), together about 5 µs per call, more than
-        # the kernel takes at batch 1. A failed check is re-raised with the Python error.
-        try:
-            with torch._C._AutoDispatchBelowAutograd():
-                return op(twiddle, x, bias, increasing_stride)
-        except RuntimeError:
-            check_butterfly_args(twiddle, x, bias)
-            raise
+        return butterfly_multiply_no_grad(twiddle, x, increasing_stride, bias)
     check_butterfly_args(twiddle, x, bias)
     out = butterfly_multiply_ref(twiddle, x, increasing_stride)
     return out if bias is None else out + bias
+
+
+def butterfly_multiply_no_grad(
+    twiddle: torch.Tensor,
+    x: torch.Tensor,
+    increasing_stride: bool,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The compiled op for decoding: no autograd kernel, no Python checks.
+
+    For callers that know ``uses_compiled_kernel(x)`` holds and no gradient is wanted.
+    The Python autograd kernel and checks cost about 5 µs per call, more than the kernel
+    takes at batch 1; the op checks the same things, and a failed check is re-raised with
+    the Python error that names the problem.
+    """
+    try:
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.kaleidoscope.butterfly_multiply.default(twiddle, x, bias, increasing_stride)
+    except RuntimeError:
+        check_butterfly_args(twiddle, x, bias)
+        raise
 
 
 if HAS_EXTENSION:
