@@ -8,6 +8,7 @@ pay-less-attention recipe). Each rank sees different data; after a few Adam step
 twiddles must have moved and be bit-identical on both ranks.
 """
 
+import gc
 import os
 import socket
 import tempfile
@@ -52,6 +53,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             result = _train(model, rank, world, backend)
             if rank == 0:
                 torch.save(result, os.path.join(out_dir, f"{backend}.pt"))
+        # Free the DDP wrappers (reference cycles) and line the ranks up before the process
+        # group goes: a wrapper collected after destroy_process_group() can abort the worker
+        # ("terminate called without an active exception", seen once in CI).
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
