@@ -17,11 +17,13 @@ sub-layer name            module                           sides
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from fairseq.modules import FairseqDropout, LayerNorm, MultiheadAttention
 from torch import Tensor, nn
 
 from .dynamic_convolution import DynamicConv, IncrementalState
+from .fast_decoding import fast_decoding_enabled
 from .kmatrix_layers import KMatrixOptions, make_linear, replace_linear
 
 ENCODER_SUBLAYERS = ("conv_in", "conv_weight", "conv_out", "fc1", "fc2")
@@ -156,6 +158,8 @@ class LightConvDecoderLayer(_ConvBlock):
         encoder_padding_mask: Tensor | None,
         incremental_state: IncrementalState | None = None,
     ) -> tuple[Tensor, Tensor | None]:
+        if incremental_state is not None and not self.training and x.size(0) == 1 and fast_decoding_enabled():
+            return self._decode_step(x, encoder_out, encoder_padding_mask, incremental_state)
         pre = self.normalize_before
         x, _ = self._residual(self._conv, x, self.conv_layer_norm, pre, incremental_state=incremental_state)
         attn = None
@@ -167,3 +171,77 @@ class LightConvDecoderLayer(_ConvBlock):
 
     def make_generation_fast_(self, need_attn: bool = False, **kwargs) -> None:
         self.need_attn = need_attn
+
+    def _decode_step(
+        self, x: Tensor, encoder_out: Tensor | None, encoder_padding_mask: Tensor | None,
+        incremental_state: IncrementalState,
+    ) -> tuple[Tensor, Tensor | None]:
+        """One decoding step (T = 1, eval): the same sub-layers as ``forward`` without its generic plumbing.
+
+        At batch 1 a step is a few dozen small ops, so the per-op Python of the training path
+        (closures, tuple checks, no-op dropouts, fairseq's general attention) costs as much
+        as the arithmetic. The outputs are the same up to float rounding in the attention.
+        """
+        pre = self.normalize_before
+        h = self.conv_layer_norm(x) if pre else x
+        h = self.linear1(h)
+        if self.act is not None:
+            h = self.act(h)
+        x = x + self.linear2(self.conv(h, incremental_state=incremental_state))
+        if not pre:
+            x = self.conv_layer_norm(x)
+        attn = None
+        if encoder_out is not None:
+            h = self.encoder_attn_layer_norm(x) if pre else x
+            h, attn = self._attend_step(h, encoder_out, encoder_padding_mask, incremental_state)
+            x = x + h
+            if not pre:
+                x = self.encoder_attn_layer_norm(x)
+        h = self.final_layer_norm(x) if pre else x
+        x = x + self.fc2(F.relu(self.fc1(h)))
+        if not pre:
+            x = self.final_layer_norm(x)
+        return x, attn
+
+    def _attend_step(
+        self, x: Tensor, encoder_out: Tensor, encoder_padding_mask: Tensor | None, incremental_state: IncrementalState
+    ) -> tuple[Tensor, Tensor | None]:
+        """Encoder attention of one step; keys and values are projected once per sentence.
+
+        They are cached in the attention module's own incremental state with fairseq's keys
+        and layout (``prev_key``/``prev_value``: (B, H, S, D)), so fairseq's
+        ``reorder_incremental_state`` keeps them in step with the search. As in fairseq's
+        "beamable" attention (``set_beam_size``), the B·beam hypotheses of beam search share
+        one copy per sentence: the queries of a sentence's beam attend to it together.
+        """
+        mha = self.encoder_attn
+        heads, head_dim, beam = mha.num_heads, mha.head_dim, mha.beam_size
+        B = x.size(1)
+        state = mha._get_input_buffer(incremental_state)
+        if "prev_key" not in state:
+            enc, pad = encoder_out, encoder_padding_mask
+            if beam > 1 and enc.size(1) == B:  # fairseq's rule: keep the first copy of each sentence
+                enc = enc.view(enc.size(0), -1, beam, enc.size(2))[:, :, 0]
+                pad = None if pad is None else pad.view(-1, beam, pad.size(1))[:, 0]
+            S, rows = enc.shape[:2]
+            state["prev_key"] = mha.k_proj(enc).view(S, rows, heads, head_dim).permute(1, 2, 0, 3).contiguous()
+            state["prev_value"] = mha.v_proj(enc).view(S, rows, heads, head_dim).permute(1, 2, 0, 3).contiguous()
+            state["prev_key_padding_mask"] = pad
+            mha._set_input_buffer(incremental_state, state)
+        k, v, pad = state["prev_key"], state["prev_value"], state.get("prev_key_padding_mask")
+        rows = k.size(0)
+        group = B // rows  # queries per cached sentence: the beam, or 1
+        q = mha.q_proj(x).view(rows, group, heads, head_dim).transpose(1, 2)  # (rows, H, group, D)
+        if self.need_attn:
+            # The head-averaged weights are wanted (alignment): compute them explicitly.
+            scores = torch.matmul(q * mha.scaling, k.transpose(2, 3))  # (rows, H, group, S)
+            if pad is not None:
+                scores = scores.masked_fill(pad.view(rows, 1, 1, -1), float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+            out = torch.matmul(probs, v)
+            attn = probs.mean(dim=1).reshape(B, 1, -1)  # as fairseq's attention returns it
+        else:
+            mask = None if pad is None else ~pad.view(rows, 1, 1, -1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            attn = None
+        return mha.out_proj(out.transpose(1, 2).reshape(1, B, heads * head_dim)), attn

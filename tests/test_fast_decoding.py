@@ -1,0 +1,67 @@
+"""The lean decoding step gives what the generic (training-path) step gives, in fairseq's search."""
+
+import pytest
+import torch
+
+pytest.importorskip("fairseq")
+
+from fairseq.sequence_generator import SequenceGenerator
+
+from fairseq_kaleidoscope.models.builder import build_model_from_args, dummy_dictionary
+from fairseq_kaleidoscope.modules.fast_decoding import fast_decoding_enabled, generic_decoding
+
+TINY = [
+    "--arch", "kaleidoscope_lightconv_iwslt_de_en",
+    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+    "--encoder-layers", "1", "--decoder-layers", "3",
+    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+    "--encoder-kernel-size-list", "[3]", "--decoder-kernel-size-list", "[1,3,15]",
+]  # fmt: skip
+VOCAB = 40
+
+
+def _model(spec: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model, _ = build_model_from_args([*TINY, "--kmatrix-layers", spec, "--kmatrix-init", "randn"], VOCAB, VOCAB)
+    return model.eval()
+
+
+def _sample(batch: int) -> dict:
+    g = torch.Generator().manual_seed(3)
+    src = torch.randint(4, VOCAB, (batch, 9), generator=g)
+    for i in range(batch):  # left padding of different lengths, as fairseq batches sources
+        src[i, : i % 4] = 1
+    return {"net_input": {"src_tokens": src, "src_lengths": (src != 1).sum(1)}}
+
+
+def _generate(model: torch.nn.Module, beam: int, batch: int) -> list[list[dict]]:
+    gen = SequenceGenerator([model], dummy_dictionary(VOCAB), beam_size=beam, max_len_a=0, max_len_b=20)
+    with torch.no_grad():
+        return gen.generate([model], _sample(batch))
+
+
+@pytest.mark.parametrize("need_attn", [False, True])
+@pytest.mark.parametrize("beam", [1, 3])
+@pytest.mark.parametrize("spec", ["none", "decoder.all,decoder.output_projection"])
+def test_search_results_equal_the_generic_path(spec: str, beam: int, need_attn: bool) -> None:
+    model = _model(spec)
+    model.make_generation_fast_(need_attn=need_attn)
+    with generic_decoding():
+        assert not fast_decoding_enabled()
+        expected = _generate(model, beam, batch=5)
+    assert fast_decoding_enabled()
+    got = _generate(model, beam, batch=5)
+    for hyps_e, hyps_g in zip(expected, got, strict=True):
+        assert len(hyps_e) == len(hyps_g) == beam
+        for e, g in zip(hyps_e, hyps_g, strict=True):
+            assert torch.equal(e["tokens"], g["tokens"])
+            torch.testing.assert_close(g["positional_scores"], e["positional_scores"], atol=1e-5, rtol=0)
+            if need_attn:
+                torch.testing.assert_close(g["attention"], e["attention"], atol=1e-5, rtol=0)
+
+
+def test_generic_decoding_restores_the_switch_after_an_error() -> None:
+    with pytest.raises(RuntimeError), generic_decoding():
+        raise RuntimeError("boom")
+    assert fast_decoding_enabled()
