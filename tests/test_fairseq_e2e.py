@@ -149,3 +149,22 @@ def test_dense_fairseq_checkpoints_load_once_the_plugin_is_imported(tmp_path: Pa
                             capture_output=True, text=True, env=ENV)  # fmt: skip
     assert plugin.returncode == 0, plugin.stderr[-2000:]
     assert plugin.stdout.strip().endswith("lightconv_iwslt_de_en")
+
+
+def test_generate_with_int8_dense_remainder(lightconv_run: Path) -> None:
+    """--int8-dense through stock fairseq-generate's --model-overrides: the dense layers run in int8."""
+    root = lightconv_run.parent
+    common = ["bin", "--user-dir", USER_DIR, "--path", str(lightconv_run / "checkpoint_last.pt"), "--beam", "2",
+              "--cpu", "--max-tokens", "1200", "--gen-subset", "test"]  # fmt: skip
+    fp32 = run("fairseq-generate", *common, cwd=root)
+    int8 = run("fairseq-generate", *common, "--model-overrides", "{'int8_dense': 'encoder,output_projection'}",
+               cwd=root)  # fmt: skip
+    assert "--int8-dense encoder,output_projection: 6 dense linear layers run in int8" in int8
+    assert "int8" not in fp32
+    hyps = [sorted(line for line in out.splitlines() if line.startswith("H-")) for out in (fp32, int8)]
+    assert len(hyps[0]) == len(hyps[1]) == 20
+    # int8 rounding may change a few close calls of a barely trained model, not most outputs.
+    same = sum(a.split("\t")[2] == b.split("\t")[2] for a, b in zip(*hyps, strict=True))
+    assert same >= 14
+    with pytest.raises(AssertionError, match="int8-dense"):
+        run("fairseq-generate", *common, "--model-overrides", "{'int8_dense': 'vocab'}", cwd=root)

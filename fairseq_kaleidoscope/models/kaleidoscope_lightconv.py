@@ -37,6 +37,7 @@ from ..modules.lightconv_layers import (
     LightConvDecoderLayer,
     LightConvEncoderLayer,
 )
+from .int8_inference import Int8DenseInference
 from .kmatrix_config import KMatrixConfig
 
 KMATRIX_SUBLAYERS = {"encoder": ENCODER_SUBLAYERS, "decoder": (*DECODER_SUBLAYERS, OUTPUT_PROJECTION)}
@@ -115,7 +116,7 @@ def _upgrade_state_dict(state_dict: dict[str, Tensor], name: str) -> dict[str, T
 
 
 @register_model("kaleidoscope_lightconv", dataclass=KaleidoscopeLightConvConfig)
-class KaleidoscopeLightConvModel(FairseqEncoderDecoderModel):
+class KaleidoscopeLightConvModel(Int8DenseInference, FairseqEncoderDecoderModel):
     """DynamicConv encoder-decoder (Wu et al., 2019) whose chosen linear layers are K-matrices."""
 
     @classmethod
@@ -137,7 +138,9 @@ class KaleidoscopeLightConvModel(FairseqEncoderDecoderModel):
             raise ValueError("decoder.output_projection cannot be a K-matrix when the output embedding is tied")
         encoder = KaleidoscopeLightConvEncoder(cfg, src_dict, enc_embed, chosen["encoder"])
         decoder = KaleidoscopeLightConvDecoder(cfg, tgt_dict, dec_embed, chosen["decoder"], tie)
-        return cls(encoder, decoder)
+        model = cls(encoder, decoder)
+        model.set_int8_dense(safe_getattr(cfg, "int8_dense", "none"))
+        return model
 
     def forward(self, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor):
         encoder_out = self.encoder(src_tokens, src_lengths)

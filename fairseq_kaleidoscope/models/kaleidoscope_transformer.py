@@ -29,6 +29,7 @@ from ..modules.kmatrix_layers import (
     parse_kmatrix_layers,
     replace_linear,
 )
+from .int8_inference import Int8DenseInference
 from .kmatrix_config import KMatrixConfig
 
 SELF_ATTN = {"self_attn_q": "q_proj", "self_attn_k": "k_proj", "self_attn_v": "v_proj", "self_attn_out": "out_proj"}
@@ -77,7 +78,7 @@ def _as_namespace(cfg: object) -> argparse.Namespace:
 
 
 @register_model("kaleidoscope_transformer", dataclass=KaleidoscopeTransformerConfig)
-class KaleidoscopeTransformerModel(TransformerModel):
+class KaleidoscopeTransformerModel(Int8DenseInference, TransformerModel):
     """fairseq's Transformer whose chosen linear sub-layers are K-matrices."""
 
     @classmethod
@@ -101,6 +102,7 @@ class KaleidoscopeTransformerModel(TransformerModel):
         if OUTPUT_PROJECTION in chosen["decoder"]:
             old = model.decoder.output_projection
             model.decoder.output_projection = make_linear(old.in_features, old.out_features, False, kopts)
+        model.set_int8_dense(getattr(cfg, "int8_dense", "none"))
         return model
 
 

@@ -25,3 +25,11 @@ class KMatrixConfig(FairseqDataclass):
     kmatrix_lr_scale: float = field(
         default=1.0, metadata={"help": "learning-rate multiplier for K-matrix (twiddle) parameters"}
     )
+    int8_dense: str = field(
+        default="none",
+        metadata={
+            "help": "inference only: run these dense linear layers in int8 (dynamic quantization): 'none' or a "
+            "comma-separated list of output_projection, decoder, encoder, all. K-matrix layers are never "
+            "quantized. Set it at generation time: --model-overrides \"{'int8_dense': 'output_projection'}\""
+        },
+    )
