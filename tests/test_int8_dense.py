@@ -43,7 +43,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def test_parse_int8_dense() -> None:
     assert parse_int8_dense("none") == frozenset()
     assert parse_int8_dense("encoder, output_projection") == {"encoder", "output_projection"}
-    with pytest.raises(ValueError, match="unknown part.*'decodr'"):
+    with pytest.raises(ValueError, match=r"unknown part.*'decodr'"):
         parse_int8_dense("decodr")
 
 

@@ -252,8 +252,13 @@ def test_iwslt14_recipe_end_to_end(tmp_path: Path) -> None:
         assert (
             rows[(setting, "dense")]["decoder_hypothesis_steps"]
             == rows[(setting, "kmatrix")]["decoder_hypothesis_steps"]
+            == rows[(setting, "kmatrix-int8")]["decoder_hypothesis_steps"]
         )
-    assert (tmp_path / "bench" / "decode_bench.md").read_text().count("| b1 |") == 2
+    assert (tmp_path / "bench" / "decode_bench.md").read_text().count("| b1 |") == 5
+    for setting in ("b1", "b4"):
+        # the same K-matrix weights through the generic decoder step: the same outputs
+        assert rows[(setting, "kmatrix-generic")]["same_hyps_as"] == "kmatrix"
+    assert "--int8-dense all" in report["models"]["dense-int8"]["source"]
 
 
 @pytest.mark.slow

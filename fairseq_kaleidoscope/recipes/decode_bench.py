@@ -10,6 +10,12 @@ What is timed: only the ``SequenceGenerator.generate`` calls (encoder + incremen
 decoder + search) over all batches, after an untimed warm-up. Model building or loading,
 data loading, batching/collation, detokenisation and scoring are outside the clock.
 
+Every model is prepared as ``fairseq-generate`` prepares it (``prepare_for_inference_``: no
+attention weights kept, ``--int8-dense`` applied). ``--int8 NAME=WHERE`` sets a model's
+``--int8-dense`` (its dense linear layers in int8); ``--generic NAME`` decodes a model through
+the generic (training-path) decoder step instead of the lean one, to measure what the lean
+path gains; the table's last column names the earlier model whose hypotheses are identical.
+
 ``--forced-length`` makes every hypothesis exactly as long as its reference (see
 ``forced_length.py``), so that models decode the same number of steps whatever their
 weights; the decoder calls and hypothesis-steps are counted with a forward pre-hook and
@@ -32,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from ..modules.fast_decoding import generic_decoding
 from ..timing import machine_description
 from .bleu import both_bleus
 from .progress import Progress
@@ -48,6 +55,7 @@ class BenchModel:
     source: str  # checkpoint path or the random-init options
     params: int = 0
     kmatrix_params: int = 0
+    generic_step: bool = False  # decode through the generic (training-path) decoder step
 
 
 @dataclass
@@ -130,6 +138,13 @@ def load_checkpoint(name: str, data: str, path: str) -> BenchModel:
     return BenchModel(name, models[0], task, path)
 
 
+def prepare_like_generate(model: torch.nn.Module) -> None:
+    """What fairseq-generate does to a loaded model (no alignment wanted, ``--int8-dense`` applied)."""
+    from omegaconf import OmegaConf
+
+    model.prepare_for_inference_(OmegaConf.create({"generation": {"beam": 1, "print_alignment": False}}))
+
+
 def evenly_spaced(total: int, n: int | None) -> list[int]:
     """``n`` indices spread evenly over ``range(total)`` (all when n is None or >= total)."""
     if n is None or n >= total:
@@ -179,7 +194,11 @@ def decode(
         if forced:
             ensemble.set_lengths((batch["target"].ne(pad).sum(1) - 1).clamp(min=1))
         start, cpu_start = time.perf_counter(), time.thread_time()
-        out = gen.generate([bm.model], batch)
+        if bm.generic_step:
+            with generic_decoding():
+                out = gen.generate([bm.model], batch)
+        else:
+            out = gen.generate([bm.model], batch)
         seconds += time.perf_counter() - start
         cpu_seconds += time.thread_time() - cpu_start
         wanted = batch["target"].ne(pad).sum(1) - 1
@@ -239,9 +258,23 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if not models:
         raise SystemExit("decode_bench: give at least one --checkpoint NAME=PATH or --random NAME=OPTIONS")
     check_same_vocab(models)
+    by_name = {bm.name: bm for bm in models}
+    if len(by_name) != len(models):
+        raise SystemExit("decode_bench: model names must be unique")
+    int8 = dict(_name_value(spec, "--int8") for spec in args.int8)
+    for name in [*int8, *args.generic]:
+        if name not in by_name:
+            raise SystemExit(f"decode_bench: --int8/--generic name {name!r} is not a model; models: {list(by_name)}")
     for bm in models:
         bm.model.eval()
         bm.params, bm.kmatrix_params = count_params(bm.model)
+        bm.generic_step = bm.name in args.generic
+        if bm.name in int8:
+            bm.model.set_int8_dense(int8[bm.name])
+            bm.source += f"; --int8-dense {int8[bm.name]}"
+        prepare_like_generate(bm.model)
+        if bm.generic_step:
+            bm.source += "; generic decoder step"
     task = models[0].task
     task.load_dataset(args.subset)
     dataset = task.dataset(args.subset)
@@ -274,6 +307,7 @@ def summarise(args, models: list[BenchModel], results: list[RunResult], refs: li
     out_dir.mkdir(parents=True, exist_ok=True)
     for setting in args.setting:
         base_seconds = base_cpu = None
+        seen: list[RunResult] = []
         for bm in models:
             runs = by_key[(setting.name, bm.name)]
             seconds = statistics.median(r.seconds for r in runs)  # the run itself when 1
@@ -283,6 +317,8 @@ def summarise(args, models: list[BenchModel], results: list[RunResult], refs: li
                 base_seconds, base_cpu = seconds, cpu
             (out_dir / f"hyp.{setting.name}.{bm.name}.txt").write_text("".join(h + "\n" for h in r.hyps), "utf-8")
             bleu = both_bleus(r.hyps, refs, args.target_lang)
+            same_as = next((o.model for o in seen if o.hyps == r.hyps), None)
+            seen.append(r)
             rows.append(
                 {
                     "setting": setting.name,
@@ -303,6 +339,7 @@ def summarise(args, models: list[BenchModel], results: list[RunResult], refs: li
                     "speedup": base_seconds / seconds,
                     "decoder_calls": r.decoder_calls,
                     "decoder_hypothesis_steps": r.decoder_rows,
+                    "same_hyps_as": same_as,
                     **bleu,
                 }
             )
@@ -339,6 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH", help="a trained model")
     parser.add_argument(
         "--random", action="append", default=[], metavar="NAME=OPTIONS", help="a randomly initialised model"
+    )
+    parser.add_argument(
+        "--int8", action="append", default=[], metavar="NAME=WHERE",
+        help="run model NAME's dense linear layers in int8 (--int8-dense WHERE: output_projection, encoder, ...)",
+    )
+    parser.add_argument(
+        "--generic", action="append", default=[], metavar="NAME",
+        help="decode model NAME through the generic (training-path) decoder step",
     )
     parser.add_argument(
         "--setting",

@@ -9,15 +9,17 @@ from pathlib import Path
 def markdown_table(report: dict) -> str:
     lines = [
         "| setting | model | params | K-matrix params | seconds | sentences/s | tokens/s | speed-up "
-        "| CPU s | CPU speed-up | decoder calls | hypothesis-steps | BLEU (tokenized) | sacreBLEU (detok.) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU s | CPU speed-up | decoder calls | hypothesis-steps | BLEU (tokenized) | sacreBLEU (detok.) "
+        "| same output as |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         lines.append(
             f"| {r['setting']} | {r['model']} | {r['params']:,} | {r['kmatrix_params']:,} | {r['seconds']:.2f} "
             f"| {r['sentences_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}× "
             f"| {r['cpu_seconds']:.2f} | {r['cpu_speedup']:.2f}× | {r['decoder_calls']:,} "
-            f"| {r['decoder_hypothesis_steps']:,} | {r['bleu_tokenized']:.2f} | {r['bleu_sacrebleu_detok']:.2f} |"
+            f"| {r['decoder_hypothesis_steps']:,} | {r['bleu_tokenized']:.2f} | {r['bleu_sacrebleu_detok']:.2f} "
+            f"| {r.get('same_hyps_as') or '–'} |"
         )
     notes = [
         "",
@@ -31,6 +33,8 @@ def markdown_table(report: dict) -> str:
         + (f"; median of {report['repeats']} interleaved runs" if report["repeats"] > 1 else "; one run each"),
         "- BLEU (tokenized): de-BPE'd hypotheses vs tokenized lower-cased references, sacrebleu tokenize=none; "
         "sacreBLEU (detok.): both sides Moses-detokenized, sacrebleu 13a",
+        "- same output as: the first model above whose hypotheses are identical to this one's",
+        *(f"- {name}: {m['source']}" for name, m in report.get("models", {}).items()),
         f"- command: `{report['command']}`",
     ]
     return "\n".join(lines + notes) + "\n"

@@ -9,9 +9,14 @@
 # standard). Untrained models decode with every hypothesis forced to its reference length,
 # so both models run exactly the same decoder steps (counted and reported); only the
 # generation loop is timed. Writes decode_bench.{md,json,png} to OUT.
+# Rows: dense fp32; dense with every linear layer in int8 (PyTorch dynamic quantization, what
+# any user can apply); the K-matrix model (KMATRIX_LAYERS); the K-matrix model with its dense
+# remainder (encoder, vocabulary projection) in int8 (--int8-dense INT8_DENSE); and the same
+# K-matrix weights through the generic decoder step (the unoptimised path: identical outputs).
 # Environment: DATA (default data-bin/iwslt14.tokenized.de-en; prepare.sh --bpe-dir
 # ../shared/data/iwslt14.tokenized.de-en makes one from valid/test), OUT (default
-# runs/results/iwslt14_benchmark), KMATRIX_LAYERS (default decoder.all), SAVE_DENSE, SAVE_KMATRIX,
+# runs/results/iwslt14_benchmark), KMATRIX_LAYERS (default decoder.all), INT8_DENSE (default
+# encoder,output_projection), SAVE_DENSE, SAVE_KMATRIX,
 # ARCH_OPTIONS (more model options for the random-init models, e.g. smaller sizes for a smoke test).
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
@@ -21,13 +26,18 @@ ARCH="--arch kaleidoscope_lightconv_iwslt_de_en --encoder-glu 0 --decoder-glu 0 
 [ -f "$DATA/dict.en.txt" ] || { echo "benchmark.sh: no data in $DATA (run prepare.sh)" >&2; exit 1; }
 if [ "${1:-}" = "--trained" ]; then
     shift
-    MODELS=(--checkpoint "dense=${SAVE_DENSE:-$ROOT/checkpoints/iwslt14_dense}/checkpoint_last10_avg.pt"
-            --checkpoint "kmatrix=${SAVE_KMATRIX:-$ROOT/checkpoints/iwslt14_kmatrix}/checkpoint_last10_avg.pt")
+    DENSE=${SAVE_DENSE:-$ROOT/checkpoints/iwslt14_dense}/checkpoint_last10_avg.pt
+    KMAT=${SAVE_KMATRIX:-$ROOT/checkpoints/iwslt14_kmatrix}/checkpoint_last10_avg.pt
+    MODELS=(--checkpoint "dense=$DENSE" --checkpoint "dense-int8=$DENSE"
+            --checkpoint "kmatrix=$KMAT" --checkpoint "kmatrix-int8=$KMAT")
     TITLE="IWSLT14 De-En test, trained models, natural decoding"
 else
-    MODELS=(--random "dense=$ARCH --kmatrix-layers none"
-            --random "kmatrix=$ARCH --kmatrix-layers ${KMATRIX_LAYERS:-decoder.all}" --forced-length)
+    KMAT="$ARCH --kmatrix-layers ${KMATRIX_LAYERS:-decoder.all}"
+    MODELS=(--random "dense=$ARCH --kmatrix-layers none" --random "dense-int8=$ARCH --kmatrix-layers none"
+            --random "kmatrix=$KMAT" --random "kmatrix-int8=$KMAT" --random "kmatrix-generic=$KMAT"
+            --generic kmatrix-generic --forced-length)
     TITLE="IWSLT14 De-En test, random-init IWSLT-sized models, forced reference lengths"
 fi
 "$PY" -m fairseq_kaleidoscope.recipes.decode_bench "$DATA" "${MODELS[@]}" --remove-bpe --threads 1 \
+    --int8 dense-int8=all --int8 "kmatrix-int8=${INT8_DENSE:-encoder,output_projection}" \
     --out-dir "$OUT" --title "$TITLE" "$@"
