@@ -183,12 +183,30 @@ def test_other_dtypes_use_the_reference() -> None:
         torch.testing.assert_close(dynconv_step(xs[t], logits[t], a, t), dynconv_step_ref(xs[t], logits[t], b, t))
 
 
-def test_grad_mode_is_refused() -> None:
-    x, logits = torch.randn(2, 8, requires_grad=True), torch.randn(2, 2, 3)
-    with pytest.raises(RuntimeError, match="for inference"):
-        dynconv_step(x, logits, torch.zeros(2, 3, 8), 0)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the op, the reference
+@pytest.mark.parametrize("needs_grad", ["x", "logits", "cache"])
+def test_grad_mode_is_refused(dtype: torch.dtype, needs_grad: str) -> None:
+    args = {"x": torch.randn(2, 8, dtype=dtype), "logits": torch.randn(2, 2, 3, dtype=dtype)}
+    args["cache"] = torch.zeros(2, 3, 8, dtype=dtype)
+    args[needs_grad].requires_grad_()
+    with pytest.raises(RuntimeError, match="for inference and has no gradient"):
+        dynconv_step(**args, step=0)
     with torch.no_grad():
-        assert dynconv_step(x, logits, torch.zeros(2, 3, 8), 0).shape == (2, 8)
+        assert dynconv_step(**args, step=0).shape == (2, 8)
+
+
+@needs_op
+def test_op_refuses_grad_and_marks_the_cache_modified() -> None:
+    x, logits, cache = torch.randn(2, 8), torch.randn(2, 2, 3, requires_grad=True), torch.zeros(2, 3, 8)
+    with pytest.raises(RuntimeError, match="for inference and has no gradient"):
+        _op(x, logits, cache, 0, True)
+    version = cache._version
+    with torch.no_grad():
+        y = _op(x, logits, cache, 0, True)
+    assert not y.requires_grad and cache._version > version
+    with torch.inference_mode():
+        cache = torch.zeros(2, 3, 8)
+        torch.testing.assert_close(_op(x, logits, cache, 0, True), y)
 
 
 B0, H0, K0, C0 = 2, 2, 3, 8
@@ -231,9 +249,15 @@ def test_op_needs_a_contiguous_float32_cache() -> None:
 
 
 @needs_op
-def test_fake_kernel_gives_the_output_shape() -> None:
+def test_fake_and_meta_kernels_give_the_output_shape() -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
         y = _op(torch.randn(5, 8), torch.randn(5, 2, 3), torch.zeros(5, 3, 8), 4, True)
     assert y.shape == (5, 8) and y.dtype == torch.float32
+    meta = [torch.empty(s, device="meta") for s in ((5, 8), (5, 6), (5, 3, 8))]
+    assert _op(*meta, 4, True).shape == (5, 8)
+    with pytest.raises(ValueError, match="logits shape"):
+        _op(meta[0], torch.empty(5, 7, device="meta"), meta[2], 4, True)
+    with pytest.raises(ValueError, match="is on meta but cache is on cpu"):
+        dynconv_step(meta[0], torch.randn(5, 6), torch.zeros(5, 3, 8), 4)

@@ -4,6 +4,8 @@
 // fairseq_kaleidoscope/modules/dynconv_step.py (dynconv_step_ref).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -35,44 +37,51 @@ __attribute__((always_inline)) inline void dynconv_rows(const StepProblem& P, in
   // the sequence start (k < K-1-step) are skipped, not multiplied by the buffer's content,
   // so the result never depends on slots that were not written in this sequence.
   const int64_t k0 = std::max<int64_t>(0, K - 1 - P.step);
-  float w_small[64];
+  float w_small[256];
   std::vector<float> w_big;
-  float* w = w_small;
-  if (K > 64) {
-    w_big.resize(K);
+  float* w = w_small;  // (H, K) normalised taps of one row
+  if (H * K > 256) {
+    w_big.resize(H * K);
     w = w_big.data();
   }
   for (int64_t b = begin; b < end; ++b) {
     float* cache_b = P.cache + b * K * C;
     std::memcpy(cache_b + slot_now * C, P.x + b * C, C * sizeof(float));
+    const float* lg = P.logits + b * H * K;
     for (int64_t h = 0; h < H; ++h) {
-      const float* lg = P.logits + (b * H + h) * K;
+      const float* l = lg + h * K;
+      float* wh = w + h * K;
       if (P.softmax) {  // over all K taps, as in training
-        float mx = lg[0];
-        for (int64_t k = 1; k < K; ++k) mx = std::max(mx, lg[k]);
+        float mx = l[0];
+        for (int64_t k = 1; k < K; ++k) mx = std::max(mx, l[k]);
         float sum = 0.f;
         for (int64_t k = 0; k < K; ++k) {
-          w[k] = std::exp(lg[k] - mx);
-          sum += w[k];
+          wh[k] = std::exp(l[k] - mx);
+          sum += wh[k];
         }
         const float inv = 1.f / sum;
-        for (int64_t k = k0; k < K; ++k) w[k] *= inv;
+        for (int64_t k = k0; k < K; ++k) wh[k] *= inv;
       } else {
-        for (int64_t k = k0; k < K; ++k) w[k] = lg[k];
+        for (int64_t k = k0; k < K; ++k) wh[k] = l[k];
       }
-      float* __restrict y = P.out + b * C + h * R;
-      const float* base = cache_b + h * R;
-      {
-        const float* __restrict src = base + ((P.step + 1 + k0) % K) * C;
-        const float wk = w[k0];
+    }
+    // Taps outer, channels inner: the row's K*C inputs are read once, in slot order (at
+    // large batch the cache does not fit in the caches and this is a stream from memory);
+    // the C outputs stay in L1.
+    float* __restrict y = P.out + b * C;
+    for (int64_t k = k0; k < K; ++k) {
+      const float* __restrict src = cache_b + ((P.step + 1 + k) % K) * C;
+      for (int64_t h = 0; h < H; ++h) {
+        const float wk = w[h * K + k];
+        float* __restrict yh = y + h * R;
+        const float* __restrict sh = src + h * R;
+        if (k == k0) {
 #pragma omp simd
-        for (int64_t r = 0; r < R; ++r) y[r] = wk * src[r];
-      }
-      for (int64_t k = k0 + 1; k < K; ++k) {
-        const float* __restrict src = base + ((P.step + 1 + k) % K) * C;
-        const float wk = w[k];
+          for (int64_t r = 0; r < R; ++r) yh[r] = wk * sh[r];
+        } else {
 #pragma omp simd
-        for (int64_t r = 0; r < R; ++r) y[r] += wk * src[r];
+          for (int64_t r = 0; r < R; ++r) yh[r] += wk * sh[r];
+        }
       }
     }
   }
@@ -147,8 +156,30 @@ at::Tensor dynconv_step_cpu(const at::Tensor& x, const at::Tensor& logits, const
   return out;
 }
 
+// Autograd key: there is no gradient, so refuse inputs that want one (instead of the
+// default fallback, which returns an output whose backward silently gives no gradient),
+// mark the cache as modified in place, and go on to the device kernel.
+at::Tensor dynconv_step_autograd(const at::Tensor& x, const at::Tensor& logits, const at::Tensor& cache, int64_t step,
+                                 bool softmax) {
+  TORCH_CHECK(!(at::GradMode::is_enabled() && (x.requires_grad() || logits.requires_grad() || cache.requires_grad())),
+              "dynconv_step is for inference and has no gradient, but an input requires grad: call it under "
+              "torch.no_grad() or torch.inference_mode() (training uses DynamicConv's full-sequence forward)");
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("kaleidoscope::dynconv_step", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool)>();
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = op.call(x, logits, cache, step, softmax);
+  }
+  cache.unsafeGetTensorImpl()->bump_version();
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(kaleidoscope, CPU, m) { m.impl("dynconv_step", &dynconv_step_cpu); }
+
+TORCH_LIBRARY_IMPL(kaleidoscope, Autograd, m) { m.impl("dynconv_step", &dynconv_step_autograd); }
 
 }  // namespace kaleidoscope

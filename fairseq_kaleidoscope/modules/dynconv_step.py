@@ -109,18 +109,20 @@ def check_dynconv_step_args(x: Tensor, logits: Tensor, cache: Tensor, step: int)
 def dynconv_step(x: Tensor, logits: Tensor, cache: Tensor, step: int, softmax: bool = True) -> Tensor:
     """One decoding step: write ``x`` into ``cache`` (in place) and return the output (B, C).
 
-    Runs the compiled op for CPU float32 tensors, :func:`dynconv_step_ref` otherwise
-    (other dtypes, CUDA, no build). Conventions in the module docstring. Inference only:
-    raises if an input requires grad while grad mode is on.
+    Runs the compiled op when ``cache`` is a CPU float32 tensor, :func:`dynconv_step_ref`
+    otherwise (other dtypes, CUDA, no build). Conventions in the module docstring.
+    Inference only: raises if an input requires grad while grad mode is on.
     """
-    _check_no_grad(x, logits, cache)
-    if uses_compiled_dynconv_step(x, logits, cache):
+    # Only the cache is looked at here (this runs per layer per decoding step, and every
+    # Python-side test costs ~0.1 µs): the op checks x and logits itself, and a failed
+    # check is re-raised with the Python error that names the problem.
+    if _HAS_COMPILED_OP and cache.is_cpu and cache.dtype is torch.float32:
         try:
             return torch.ops.kaleidoscope.dynconv_step.default(x, logits, cache, step, softmax)
         except RuntimeError:
-            # The op checks the same things; re-raise with the Python error that names the problem.
             check_dynconv_step_args(x, logits, cache, step)
             raise
+    _check_no_grad(x, logits, cache)
     return dynconv_step_ref(x, logits, cache, step, softmax)
 
 
@@ -174,4 +176,5 @@ if _HAS_COMPILED_OP:
 
     @torch.library.register_fake("kaleidoscope::dynconv_step")
     def _dynconv_step_fake(x, logits, cache, step, softmax):
+        check_dynconv_step_args(x, logits, cache, step)
         return x.new_empty(x.shape)
