@@ -11,6 +11,9 @@ order every round; medians after warm-up):
   op        dynconv_step(x, logits, cache, step) (Python wrapper + compiled op)
   op raw    torch.ops.kaleidoscope.dynconv_step.default called directly
   ref       dynconv_step_ref, the plain-PyTorch reference
+  op hot    op again, timed alone in a loop afterwards (warm caches and branch predictors:
+            between two real decoding steps of a layer the rest of the model runs, so the
+            interleaved figure is the more realistic one)
 for batch in {1, 4, 512}, C = 512, H = 4, K in {3, 15, 31}, on one thread by default.
 Writes dynconv_step.json, dynconv_step.md and dynconv_step.png to --out
 (default benchmarks/results/).
@@ -22,6 +25,7 @@ Writes dynconv_step.json, dynconv_step.md and dynconv_step.png to --out
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -39,7 +43,7 @@ from fairseq_kaleidoscope.modules import DynamicConv
 from fairseq_kaleidoscope.modules.dynconv_step import dynconv_step, dynconv_step_ref, has_compiled_dynconv_step
 from fairseq_kaleidoscope.timing import machine_description
 
-IMPLS = ("module", "lin+op", "cat+ein", "op", "op raw", "ref")
+IMPLS = ("module", "lin+op", "cat+ein", "op", "op raw", "ref", "op hot")
 BATCHES = (1, 4, 512)
 KERNELS = (3, 15, 31)
 
@@ -83,26 +87,19 @@ def make_calls(batch: int, C: int, H: int, K: int) -> dict[str, Callable[[], obj
     x = torch.randn(1, batch, C)
     logits = conv.weight_linear(x).detach()  # (1, B, H*K)
     x2, logits3 = x[0], logits.view(batch, H, K)
-    caches = {name: torch.zeros(batch, K, C) for name in ("lin+op", "op", "op raw", "ref")}
-    steps = dict.fromkeys(caches, 0)
+    op = torch.ops.kaleidoscope.dynconv_step.default
+    # A ring buffer and a position counter for each of lin+op, op, op raw, ref.
+    c1, c2, c3, c4 = (torch.zeros(batch, K, C) for _ in range(4))
+    n1, n2, n3, n4 = (itertools.count().__next__ for _ in range(4))
     state: dict = {}
     prev: list[torch.Tensor | None] = [None]
-
-    def advance(name: str) -> int:
-        steps[name] += 1
-        return steps[name] - 1
-
     calls = {
         "module": lambda: conv._forward_step(x, state),
-        "lin+op": lambda: dynconv_step(
-            x2, conv.weight_linear(x2).view(batch, H, K), caches["lin+op"], advance("lin+op")
-        ),
+        "lin+op": lambda: dynconv_step(x2, conv.weight_linear(x2).view(batch, H, K), c1, n1()),
         "cat+ein": lambda: cat_einsum_step(x, logits, prev, K),
-        "op": lambda: dynconv_step(x2, logits3, caches["op"], advance("op")),
-        "op raw": lambda: torch.ops.kaleidoscope.dynconv_step.default(
-            x2, logits3, caches["op raw"], advance("op raw"), True
-        ),
-        "ref": lambda: dynconv_step_ref(x2, logits3, caches["ref"], advance("ref")),
+        "op": lambda: dynconv_step(x2, logits3, c2, n2()),
+        "op raw": lambda: op(x2, logits3, c3, n3(), True),
+        "ref": lambda: dynconv_step_ref(x2, logits3, c4, n4()),
     }
     # Steady state: every path past its first K steps (buffers full, ring wrapped).
     for fn in calls.values():
@@ -146,7 +143,9 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
     for K in args.kernel_size:
         for batch in args.batch:
             with torch.no_grad():
-                times = measure(make_calls(batch, args.channels, args.heads, K), args.min_time)
+                calls = make_calls(batch, args.channels, args.heads, K)
+                times = measure(calls, args.min_time)
+                times["op hot"] = measure({"op": calls["op"]}, args.min_time)["op"]
                 err = check_agreement(batch, args.channels, args.heads, K)
             row = {"K": K, "batch": batch, "max_abs_diff": err}
             for impl in IMPLS:
@@ -159,7 +158,7 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
 
 
 HEADER = (
-    "| K | batch | module µs | lin+op µs | cat+ein µs | op µs | op raw µs | ref µs "
+    "| K | batch | module µs | lin+op µs | cat+ein µs | op µs | op raw µs | ref µs | op hot µs "
     "| module / lin+op | cat+ein / op | max abs diff |"
 )
 
@@ -181,13 +180,14 @@ def write_markdown(path: Path, meta: dict, rows: list[dict]) -> None:
         "µs per step, medians after warm-up, the implementations interleaved in random order. "
         "module: DynamicConv._forward_step today (projection + softmax + cat + einsum + state); "
         "lin+op: weight_linear + dynconv_step; cat+ein: today's convolution given the logits; "
-        "op: dynconv_step (wrapper); op raw: the compiled op called directly; ref: dynconv_step_ref. "
+        "op: dynconv_step (wrapper); op raw: the compiled op called directly; ref: dynconv_step_ref; "
+        "op hot: op timed alone in a loop (warm caches; the interleaved op column is closer to decoding). "
         "max abs diff: op vs today's path over K+3 steps.",
         f"Load average (1, 5, 15 min) at the start {fmt_load(meta['loadavg_start'])}, at the end "
         f"{fmt_load(meta['loadavg_end'])} (the cores are shared: timings are noisier under load).",
         "",
         HEADER,
-        "|" + "---|" * 11,
+        "|" + "---|" * 12,
         *(format_row(r) for r in rows),
         "",
     ]
@@ -207,7 +207,10 @@ def plot(path: Path, rows: list[dict]) -> None:
 
     ks = sorted({r["K"] for r in rows})
     fig, axes = plt.subplots(1, len(ks), figsize=(3.4 * len(ks), 3.0), squeeze=False, sharey=True)
-    styles = {"module": "k-o", "lin+op": "C0-s", "cat+ein": "C1-^", "op": "C2-D", "op raw": "C2:", "ref": "C3--x"}
+    styles = {
+        "module": "k-o", "lin+op": "C0-s", "cat+ein": "C1-^", "op": "C2-D", "op raw": "C2:", "ref": "C3--x",
+        "op hot": "C4:.",
+    }
     for ax, K in zip(axes[0], ks, strict=True):
         sel = sorted((r for r in rows if r["K"] == K), key=lambda r: r["batch"])
         for impl in IMPLS:
