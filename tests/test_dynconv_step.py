@@ -19,8 +19,10 @@ from fairseq_kaleidoscope.modules.dynconv_step import (
 needs_op = pytest.mark.skipif(not has_compiled_dynconv_step(), reason="compiled extension not built")
 ATOL = 2e-6
 
-# (B, H, K, R): K = 1 and K = 31, odd R (vector remainder), R = 1, one head.
-SHAPES = [(1, 1, 1, 4), (2, 2, 3, 8), (3, 4, 31, 4), (2, 3, 7, 5), (4, 1, 4, 33), (2, 4, 2, 1)]
+# (B, H, K, R): K = 1 and K = 31, odd R (vector remainder), R = 1, one head, and more than
+# 256 taps per row (H·K) and K = 70 (the kernel's heap buffer for the taps).
+SHAPES = [(1, 1, 1, 4), (2, 2, 3, 8), (3, 4, 31, 4), (2, 3, 7, 5), (4, 1, 4, 33), (2, 4, 2, 1), (2, 9, 31, 2),
+          (1, 1, 70, 3)]
 
 
 def _op(x, logits, cache, step, softmax):
