@@ -21,6 +21,12 @@ TORCH_LIBRARY(kaleidoscope, m) {
   m.def(
       "butterfly_multiply_backward(Tensor grad, Tensor twiddle, Tensor input, bool increasing_stride)"
       " -> (Tensor, Tensor)");
+  // One causal dynamic-convolution decoding step (inference only): writes x (B, C) into slot
+  // step % K of the ring buffer cache (B, K, C), then returns y (B, C) with
+  // y[b, c] = sum_k w[b, h(c), k] * input[step - (K-1) + k][b, c] (positions < 0 skipped),
+  // w = softmax over K of logits (B, H, K) or (B, H*K) if softmax, else logits. float32, CPU.
+  // Reference: fairseq_kaleidoscope/modules/dynconv_step.py.
+  m.def("dynconv_step(Tensor x, Tensor logits, Tensor(a!) cache, int step, bool softmax) -> Tensor");
   // CPU kernel selection, for tests and benchmarks: isa in {auto, avx512, avx2, portable},
   // path in {auto, tiles, small}. get_cpu_kernel returns [isa in use, path, supported isas].
   m.def("set_cpu_kernel(str isa, str path) -> ()");

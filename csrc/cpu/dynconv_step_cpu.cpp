@@ -1,0 +1,185 @@
+// One incremental-decoding step of the causal dynamic convolution (DynamicConv), on CPU,
+// in a single call: write x into the ring buffer, normalise the taps, convolve.
+// Inference only (no autograd formula). Reference and conventions:
+// fairseq_kaleidoscope/modules/dynconv_step.py (dynconv_step_ref).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace kaleidoscope {
+namespace {
+
+struct StepProblem {
+  const float* x;       // (B, C) contiguous
+  const float* logits;  // (B, H, K) contiguous
+  float* cache;         // (B, K, C) contiguous ring buffer; slot p % K holds position p
+  float* out;           // (B, C) contiguous
+  int64_t C, H, K, step;
+  bool softmax;
+};
+
+// Rows [begin, end) of the batch. always_inline so that each target-specific wrapper below
+// gets its own copy, compiled (and vectorised) for that target.
+__attribute__((always_inline)) inline void dynconv_rows(const StepProblem& P, int64_t begin, int64_t end) {
+  const int64_t C = P.C, H = P.H, K = P.K, R = C / H;
+  const int64_t slot_now = P.step % K;
+  // Tap k multiplies position step-(K-1)+k, held in slot (step+1+k) % K. Positions before
+  // the sequence start (k < K-1-step) are skipped, not multiplied by the buffer's content,
+  // so the result never depends on slots that were not written in this sequence.
+  const int64_t k0 = std::max<int64_t>(0, K - 1 - P.step);
+  float w_small[256];
+  std::vector<float> w_big;
+  float* w = w_small;  // (H, K) normalised taps of one row
+  if (H * K > 256) {
+    w_big.resize(H * K);
+    w = w_big.data();
+  }
+  for (int64_t b = begin; b < end; ++b) {
+    float* cache_b = P.cache + b * K * C;
+    std::memcpy(cache_b + slot_now * C, P.x + b * C, C * sizeof(float));
+    const float* lg = P.logits + b * H * K;
+    for (int64_t h = 0; h < H; ++h) {
+      const float* l = lg + h * K;
+      float* wh = w + h * K;
+      if (P.softmax) {  // over all K taps, as in training
+        float mx = l[0];
+        for (int64_t k = 1; k < K; ++k) mx = std::max(mx, l[k]);
+        float sum = 0.f;
+        for (int64_t k = 0; k < K; ++k) {
+          wh[k] = std::exp(l[k] - mx);
+          sum += wh[k];
+        }
+        const float inv = 1.f / sum;
+        for (int64_t k = k0; k < K; ++k) wh[k] *= inv;
+      } else {
+        for (int64_t k = k0; k < K; ++k) wh[k] = l[k];
+      }
+    }
+    // Taps outer, channels inner: the row's K*C inputs are read once, in slot order (at
+    // large batch the cache does not fit in the caches and this is a stream from memory);
+    // the C outputs stay in L1.
+    float* __restrict y = P.out + b * C;
+    for (int64_t k = k0; k < K; ++k) {
+      const float* __restrict src = cache_b + ((P.step + 1 + k) % K) * C;
+      for (int64_t h = 0; h < H; ++h) {
+        const float wk = w[h * K + k];
+        float* __restrict yh = y + h * R;
+        const float* __restrict sh = src + h * R;
+        if (k == k0) {
+#pragma omp simd
+          for (int64_t r = 0; r < R; ++r) yh[r] = wk * sh[r];
+        } else {
+#pragma omp simd
+          for (int64_t r = 0; r < R; ++r) yh[r] += wk * sh[r];
+        }
+      }
+    }
+  }
+}
+
+void dynconv_rows_portable(const StepProblem& P, int64_t begin, int64_t end) { dynconv_rows(P, begin, end); }
+
+#if defined(__x86_64__) || defined(__i386__)
+// The same loops with 8-float vectors and FMA; called only where the CPU has both.
+__attribute__((target("avx2,fma"))) void dynconv_rows_avx2(const StepProblem& P, int64_t begin, int64_t end) {
+  dynconv_rows(P, begin, end);
+}
+#endif
+
+using RowsFn = void (*)(const StepProblem&, int64_t, int64_t);
+
+RowsFn pick_rows_fn() {
+#if defined(__x86_64__) || defined(__i386__)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &dynconv_rows_avx2;
+#endif
+  return &dynconv_rows_portable;
+}
+
+at::Tensor dynconv_step_cpu(const at::Tensor& x, const at::Tensor& logits, const at::Tensor& cache, int64_t step,
+                            bool softmax) {
+  TORCH_CHECK(cache.dim() == 3, "dynconv_step: cache must have shape (batch, kernel_size, channels), got ",
+              cache.sizes());
+  TORCH_CHECK(x.dim() == 2, "dynconv_step: x must have shape (batch, channels), got ", x.sizes());
+  TORCH_CHECK(logits.dim() == 2 || logits.dim() == 3,
+              "dynconv_step: logits must have shape (batch, heads, kernel_size) or (batch, heads*kernel_size), got ",
+              logits.sizes());
+  const auto check_cpu_float = [](const char* name, const at::Tensor& t) {
+    TORCH_CHECK(t.scalar_type() == at::kFloat, "dynconv_step: ", name, " must be float32, got ", t.scalar_type());
+    TORCH_CHECK(t.device().is_cpu(), "dynconv_step: ", name, " must be on the CPU (this op has only a CPU kernel), got ",
+                t.device());
+  };
+  check_cpu_float("x", x);
+  check_cpu_float("logits", logits);
+  check_cpu_float("cache", cache);
+  const int64_t B = cache.size(0), K = cache.size(1), C = cache.size(2);
+  TORCH_CHECK(K >= 1, "dynconv_step: kernel_size = cache.size(1) must be >= 1, got ", K);
+  TORCH_CHECK(cache.is_contiguous(), "dynconv_step: cache must be contiguous (it is updated in place), got strides ",
+              cache.strides());
+  TORCH_CHECK(x.size(0) == B && x.size(1) == C, "dynconv_step: x shape ", x.sizes(), " does not match cache shape ",
+              cache.sizes(), "; expected (", B, ", ", C, ")");
+  TORCH_CHECK(logits.size(0) == B, "dynconv_step: logits batch ", logits.size(0), " differs from cache batch ", B);
+  int64_t H = 0;
+  if (logits.dim() == 3) {
+    TORCH_CHECK(logits.size(2) == K, "dynconv_step: logits shape ", logits.sizes(), " has ", logits.size(2),
+                " taps but the cache holds kernel_size = ", K);
+    H = logits.size(1);
+  } else {
+    TORCH_CHECK(logits.size(1) % K == 0, "dynconv_step: logits.size(1) = ", logits.size(1),
+                " is not heads * kernel_size for kernel_size = ", K);
+    H = logits.size(1) / K;
+  }
+  TORCH_CHECK(H >= 1 && C % H == 0, "dynconv_step: channels ", C, " are not divisible by heads ", H);
+  TORCH_CHECK(step >= 0, "dynconv_step: step must be >= 0, got ", step);
+
+  const at::Tensor xc = x.contiguous(), lc = logits.contiguous();
+  at::Tensor out = at::empty({B, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (B == 0 || C == 0) {
+    return out;
+  }
+  StepProblem P{xc.const_data_ptr<float>(), lc.const_data_ptr<float>(), cache.data_ptr<float>(),
+                out.data_ptr<float>(),      C,  H,  K,  step, softmax};
+  static const RowsFn rows = pick_rows_fn();
+  // Rows of about 2^16 multiply-adds or more per task: at small batches (decoding at batch 1)
+  // starting threads costs more than the whole step.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (K * C));
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) { rows(P, begin, end); });
+  return out;
+}
+
+// Autograd key: there is no gradient, so refuse inputs that want one (instead of the
+// default fallback, which returns an output whose backward silently gives no gradient),
+// mark the cache as modified in place, and go on to the device kernel.
+at::Tensor dynconv_step_autograd(const at::Tensor& x, const at::Tensor& logits, const at::Tensor& cache, int64_t step,
+                                 bool softmax) {
+  TORCH_CHECK(!(at::GradMode::is_enabled() && (x.requires_grad() || logits.requires_grad() || cache.requires_grad())),
+              "dynconv_step is for inference and has no gradient, but an input requires grad: call it under "
+              "torch.no_grad() or torch.inference_mode() (training uses DynamicConv's full-sequence forward)");
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("kaleidoscope::dynconv_step", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool)>();
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = op.call(x, logits, cache, step, softmax);
+  }
+  cache.unsafeGetTensorImpl()->bump_version();
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kaleidoscope, CPU, m) { m.impl("dynconv_step", &dynconv_step_cpu); }
+
+TORCH_LIBRARY_IMPL(kaleidoscope, Autograd, m) { m.impl("dynconv_step", &dynconv_step_autograd); }
+
+}  // namespace kaleidoscope
