@@ -1,5 +1,7 @@
 """Our DynamicConv: matches the loop definition, and full-sequence == step-by-step for every length."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -24,8 +26,10 @@ def _conv(K: int, causal: bool = True, kmatrix: bool = False) -> DynamicConv:
     return conv.double().eval()
 
 
-def _step_by_step(conv: DynamicConv, x: torch.Tensor, reorder_at: int | None = None, order=None) -> torch.Tensor:
-    state: dict = {}
+def _step_by_step(
+    conv: DynamicConv, x: torch.Tensor, reorder_at: int | None = None, order=None, state: dict | None = None
+) -> torch.Tensor:
+    state = {} if state is None else state
     out = []
     for t in range(x.shape[0]):
         if reorder_at is not None and t == reorder_at:
@@ -53,15 +57,25 @@ def test_full_forward_equals_incremental_decoding(K: int, T: int, kmatrix: bool)
         torch.testing.assert_close(conv(x), _step_by_step(conv, x), atol=1e-5, rtol=0)
 
 
-def test_beam_reordering_moves_the_kept_inputs() -> None:
-    conv = _conv(5)
-    x = torch.randn(6, B, C, dtype=torch.double)
+@pytest.mark.parametrize("K", [3, 5])  # the reorder at step 3 comes before and after the ring buffer wraps
+@pytest.mark.parametrize(
+    ("path", "dtype"),
+    [("generic", torch.double), ("ring", torch.float), ("ring", torch.double)],  # ring+double: the reference
+)
+def test_beam_reordering_moves_the_kept_inputs(path: str, dtype: torch.dtype, K: int) -> None:
+    conv = _conv(K).to(dtype)
+    x = torch.randn(6, B, C, dtype=dtype)
     order = torch.tensor([2, 0, 0])
     # After the reorder at step 3, row b continues the history of row order[b].
     x_reordered = torch.cat([x[:3, order], x[3:]], 0)
-    expected = conv(x_reordered)[3:]
-    got = _step_by_step(conv, torch.cat([x[:3], x[3:]], 0), reorder_at=3, order=order)[3:]
-    torch.testing.assert_close(got, expected)
+    with torch.no_grad():
+        expected = conv(x_reordered)[3:]
+    grad = contextlib.nullcontext() if path == "ring" else torch.enable_grad()
+    with torch.no_grad(), grad:  # the ring-buffer step runs without autograd, the generic one under it
+        state: dict = {}
+        got = _step_by_step(conv, x, reorder_at=3, order=order, state=state)[3:]
+    assert any(k.endswith("ring_state") for k in state) == (path == "ring")
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def test_fairseq_scriptable_dynamicconv_disagrees_when_kernel_is_longer_than_sequence() -> None:

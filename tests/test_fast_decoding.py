@@ -66,3 +66,30 @@ def test_generic_decoding_restores_the_switch_after_an_error() -> None:
     with pytest.raises(RuntimeError), generic_decoding():
         raise RuntimeError("boom")
     assert fast_decoding_enabled()
+
+
+def test_cached_reorder_matches_fairseqs_walk_over_all_modules() -> None:
+    from fairseq.models import FairseqIncrementalDecoder
+
+    model = _model("decoder.all")
+    src = _sample(3)["net_input"]
+    order = torch.tensor([2, 2, 0])
+    states = []
+    for reorder in (FairseqIncrementalDecoder.reorder_incremental_state_scripting,
+                    type(model.decoder).reorder_incremental_state_scripting):  # fmt: skip
+        state: dict = {}
+        with torch.no_grad():
+            enc = model.encoder(**src)
+            tokens = torch.tensor([[2, 5, 6, 7], [2, 8, 9, 10], [2, 11, 12, 13]])  # rows differ from the first layer on
+            for t in range(4):
+                model.decoder(tokens[:, : t + 1], enc, incremental_state=state)
+            reorder(model.decoder, state, order)
+        states.append(state)
+    assert states[0].keys() == states[1].keys() and len(states[0]) > 0
+    for key, value in states[0].items():
+        for name, tensor in value.items():
+            if isinstance(tensor, torch.Tensor):
+                assert torch.equal(tensor, states[1][key][name]), (key, name)
+    rings = [v["ring"] for k, v in states[1].items() if k.endswith("ring_state")]
+    assert len(rings) == 3  # one per decoder layer, reordered: rows 0 and 1 now hold the same history
+    assert all(torch.equal(r[0], r[1]) and not torch.equal(r[0], r[2]) for r in rings)

@@ -282,6 +282,18 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
     def output_layer(self, features: Tensor) -> Tensor:
         return self.output_projection(features)
 
+    def reorder_incremental_state_scripting(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
+        """fairseq's version walks every submodule with ``hasattr`` at every search step (about 0.5 ms
+        per step here, a sixth of a batch-1 K-matrix step); the modules with state are found once."""
+        stateful = self.__dict__.get("_stateful_modules")
+        if stateful is None:
+            stateful = tuple(m for m in self.modules() if m is not self and hasattr(m, "reorder_incremental_state"))
+            self.__dict__["_stateful_modules"] = stateful  # a plain attribute: not registered as submodules
+        for module in stateful:
+            result = module.reorder_incremental_state(incremental_state, new_order)
+            if result is not None:
+                incremental_state = result
+
     def max_positions(self) -> int:
         if self.embed_positions is None:
             return self.max_target_positions

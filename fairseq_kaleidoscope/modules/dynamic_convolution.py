@@ -17,6 +17,9 @@ from fairseq.incremental_decoding_utils import FairseqIncrementalState
 from fairseq.modules import FairseqDropout
 from torch import Tensor, nn
 
+from .dynconv_step import dynconv_step, reorder_cache
+from .fast_decoding import fast_decoding_enabled
+
 IncrementalState = dict[str, dict[str, Tensor | None]]
 LinearFactory = Callable[[int, int, bool], nn.Module]
 
@@ -101,6 +104,9 @@ class DynamicConv(nn.Module, FairseqIncrementalState):
         if x.dim() != 3 or x.shape[2] != self.input_size:
             raise ValueError(f"DynamicConv: expected input (T, B, {self.input_size}), got {tuple(x.shape)}")
         if incremental_state is not None:
+            # The ring-buffer op has no gradient: decoding under autograd takes the generic step.
+            if x.size(0) == 1 and not self.training and not torch.is_grad_enabled() and fast_decoding_enabled():
+                return self._forward_ring_step(x, incremental_state)
             return self._forward_step(x, incremental_state)
         return self._forward_full(x)
 
@@ -139,10 +145,30 @@ class DynamicConv(nn.Module, FairseqIncrementalState):
             out.append(torch.einsum("bhk,kbhr->bhr", taps, ctx).reshape(B, C))
         return torch.stack(out, dim=0)
 
+    def _forward_ring_step(self, x: Tensor, incremental_state: IncrementalState) -> Tensor:
+        """One decoding step (T = 1, eval) as one op call on a preallocated ring buffer of the last K inputs.
+
+        Same result as ``_forward_step``; see ``dynconv_step.py`` for the op and its reference.
+        """
+        if self.padding_l != self.kernel_size - 1:
+            raise ValueError("DynamicConv: incremental decoding needs a causal kernel (padding_l = kernel_size - 1)")
+        B, C = x.shape[1], x.shape[2]
+        state = self.get_incremental_state(incremental_state, "ring_state")
+        if state is None:
+            state = {"ring": x.new_zeros(B, self.kernel_size, C), "steps": 0}
+            self.set_incremental_state(incremental_state, "ring_state", state)
+        logits = self.weight_linear(x).view(B, -1)
+        y = dynconv_step(x.view(B, C), logits, state["ring"], state["steps"], self.weight_softmax)
+        state["steps"] += 1
+        return y.view(1, B, C)
+
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
         buf = self._get_input_buffer(incremental_state)
         if buf is not None:
             self._set_input_buffer(incremental_state, buf.index_select(1, new_order))
+        state = self.get_incremental_state(incremental_state, "ring_state")
+        if state is not None and not (new_order.numel() == 1 and state["ring"].size(0) == 1):  # 1 row: identity
+            state["ring"] = reorder_cache(state["ring"], new_order, state["steps"] - 1)
 
     def _get_input_buffer(self, incremental_state: IncrementalState | None) -> Tensor | None:
         state = self.get_incremental_state(incremental_state, "conv_state")
