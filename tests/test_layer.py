@@ -176,7 +176,7 @@ def test_fallback_without_extension_warns_once_and_works():
     assert out.stdout.strip() == "ok"
 
 
-@pytest.mark.parametrize("in_f,out_f", [(64, 64), (64, 128), (64, 100), (60, 64)])
+@pytest.mark.parametrize("in_f,out_f", [(64, 64), (64, 128), (64, 100), (60, 64), (64, 12), (60, 200)])
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_inference_path_equals_autograd_path(in_f, out_f, mode):
     """Decoding (no autograd) takes a shorter path; it must compute the same thing."""

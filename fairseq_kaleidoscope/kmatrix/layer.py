@@ -130,23 +130,27 @@ class KaleidoscopeLinear(nn.Module):
         tw = self.twiddle
         if x.dim() == 0 or x.shape[-1] != self.in_features or x.dtype != tw.dtype or x.device != tw.device:
             self._check_input(x)  # raises, naming the problem
-        if (
-            self._exact
-            and not torch.is_grad_enabled()
-            and uses_compiled_kernel(x)
-            and not torch.compiler.is_compiling()
-        ):
+        if not torch.is_grad_enabled() and uses_compiled_kernel(x) and not torch.compiler.is_compiling():
             return self._forward_inference(x, tw)
         return self._multiply(x, with_bias=True)
 
     def _forward_inference(self, x: torch.Tensor, tw: torch.Tensor) -> torch.Tensor:
-        """Decoding path: one no-grad kernel call between two views (no padding logic)."""
+        """Decoding path: one no-grad kernel call, without the autograd kernel and its checks."""
         n, nstacks, bias = self.n, self.nstacks, self.bias
-        rows = x.reshape(-1, 1, n)
-        if nstacks > 1:
-            rows = rows.expand(-1, nstacks, n)
-        y = butterfly_multiply_no_grad(tw, rows, False, None if bias is None else bias.view(nstacks, n))
-        return y.view_as(x) if nstacks == 1 else y.view(*x.shape[:-1], self.out_features)
+        if self._exact:  # input and output are views of the kernel's tensors; the bias is fused
+            rows = x.reshape(-1, 1, n)
+            if nstacks > 1:
+                rows = rows.expand(-1, nstacks, n)
+            y = butterfly_multiply_no_grad(tw, rows, False, None if bias is None else bias.view(nstacks, n))
+            return y.view_as(x) if nstacks == 1 else y.view(*x.shape[:-1], self.out_features)
+        rows = x.reshape(-1, self.in_features)
+        if n != self.in_features:
+            rows = F.pad(rows, (0, n - self.in_features))
+        y = butterfly_multiply_no_grad(tw, rows.unsqueeze(1).expand(-1, nstacks, n), False, None)
+        y = y.view(-1, nstacks * n)[:, : self.out_features]
+        if bias is not None:
+            y = y + bias
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def to_dense(self) -> torch.Tensor:
         """The ``(out_features, in_features)`` matrix this layer applies (bias excluded)."""
