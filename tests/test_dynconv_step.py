@@ -112,6 +112,20 @@ def test_steps_match_dynamic_conv_full_forward(K: int, T: int, softmax: bool, im
     torch.testing.assert_close(torch.stack(steps), loop, atol=1e-5, rtol=1e-5)
 
 
+def test_reference_steps_are_differentiable() -> None:
+    """dynconv_step_ref (not the op) keeps the graph: a caller that needs gradients can step with it."""
+    B, H, C, K, T = 2, 2, 6, 3, 5
+    conv = _conv(C, K, H, True).double()
+    x = torch.randn(T, B, C, dtype=torch.double, requires_grad=True)
+    cache = torch.zeros(B, K, C, dtype=torch.double)
+    steps = torch.stack([dynconv_step_ref(x[t], conv.weight_linear(x[t]).view(B, H, K), cache, t) for t in range(T)])
+    g = torch.randn(T, B, C, dtype=torch.double)
+    grads = torch.autograd.grad(steps, [x, conv.weight_linear.weight], g)
+    expected = torch.autograd.grad(conv(x), [x, conv.weight_linear.weight], g)
+    for a, b in zip(grads, expected, strict=True):  # DynamicConv takes its softmax in float32
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def _run(step_fn, xs, logits, cache, start: int, softmax: bool = True) -> list[torch.Tensor]:
     return [step_fn(xs[t], logits[t], cache, start + t, softmax) for t in range(xs.shape[0])]
 
