@@ -68,8 +68,8 @@ def test_op_accepts_flat_and_non_contiguous_inputs() -> None:
 
 @needs_op
 def test_op_threads_over_a_large_batch() -> None:
-    # Large enough for parallel_for to split the batch (about 2^16 multiply-adds per task).
-    B, H, K, R = 3000, 2, 3, 4
+    # Large enough for parallel_for to split the batch: tasks of 2^16 / (K*C) = 2730 rows.
+    B, H, K, R = 6000, 2, 3, 4
     xs, logits = _inputs(4, B, H, K, R)
     cache_op, cache_ref = torch.zeros(B, K, H * R), torch.zeros(B, K, H * R)
     threads = torch.get_num_threads()

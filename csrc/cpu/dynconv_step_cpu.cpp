@@ -152,7 +152,11 @@ at::Tensor dynconv_step_cpu(const at::Tensor& x, const at::Tensor& logits, const
   // Rows of about 2^16 multiply-adds or more per task: at small batches (decoding at batch 1)
   // starting threads costs more than the whole step.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (K * C));
-  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) { rows(P, begin, end); });
+  if (B < 2 * grain) {
+    rows(P, 0, B);  // one task: not even an OpenMP region
+  } else {
+    at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) { rows(P, begin, end); });
+  }
   return out;
 }
 
