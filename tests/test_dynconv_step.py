@@ -51,6 +51,19 @@ def test_op_matches_reference_step_by_step(B: int, H: int, K: int, R: int, softm
 
 
 @needs_op
+def test_op_softmax_of_large_and_infinite_logits() -> None:
+    B, H, K, R = 3, 2, 7, 4
+    xs, logits = _inputs(K + 2, B, H, K, R)
+    logits = 60 * logits  # most taps underflow to 0 after the softmax
+    logits[:, 0, 1, 2] = float("-inf")  # a masked tap
+    cache_op, cache_ref = torch.zeros(B, K, H * R), torch.zeros(B, K, H * R)
+    for t in range(K + 2):
+        y = _op(xs[t], logits[t], cache_op, t, True)
+        assert torch.isfinite(y).all()
+        torch.testing.assert_close(y, dynconv_step_ref(xs[t], logits[t], cache_ref, t), atol=ATOL, rtol=1e-5)
+
+
+@needs_op
 def test_op_accepts_flat_and_non_contiguous_inputs() -> None:
     B, H, K, R, T = 3, 2, 5, 6, 8
     xs, logits = _inputs(T, B, H, K, R)
