@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "H": args.heads,
         "threads": args.threads,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python benchmarks/dynconv_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python benchmarks/dynconv_step.py", *(sys.argv[1:] if argv is None else argv)]),
         "loadavg_start": os.getloadavg(),
     }
     print(meta["machine"])

@@ -51,6 +51,19 @@ def test_op_matches_reference_step_by_step(B: int, H: int, K: int, R: int, softm
 
 
 @needs_op
+def test_op_softmax_of_large_and_infinite_logits() -> None:
+    B, H, K, R = 3, 2, 7, 4
+    xs, logits = _inputs(K + 2, B, H, K, R)
+    logits = 60 * logits  # most taps underflow to 0 after the softmax
+    logits[:, 0, 1, 2] = float("-inf")  # a masked tap
+    cache_op, cache_ref = torch.zeros(B, K, H * R), torch.zeros(B, K, H * R)
+    for t in range(K + 2):
+        y = _op(xs[t], logits[t], cache_op, t, True)
+        assert torch.isfinite(y).all()
+        torch.testing.assert_close(y, dynconv_step_ref(xs[t], logits[t], cache_ref, t), atol=ATOL, rtol=1e-5)
+
+
+@needs_op
 def test_op_accepts_flat_and_non_contiguous_inputs() -> None:
     B, H, K, R, T = 3, 2, 5, 6, 8
     xs, logits = _inputs(T, B, H, K, R)
@@ -68,8 +81,8 @@ def test_op_accepts_flat_and_non_contiguous_inputs() -> None:
 
 @needs_op
 def test_op_threads_over_a_large_batch() -> None:
-    # Large enough for parallel_for to split the batch (about 2^16 multiply-adds per task).
-    B, H, K, R = 3000, 2, 3, 4
+    # Large enough for parallel_for to split the batch: tasks of 2^16 / (K*C) = 2730 rows.
+    B, H, K, R = 6000, 2, 3, 4
     xs, logits = _inputs(4, B, H, K, R)
     cache_op, cache_ref = torch.zeros(B, K, H * R), torch.zeros(B, K, H * R)
     threads = torch.get_num_threads()
@@ -110,6 +123,20 @@ def test_steps_match_dynamic_conv_full_forward(K: int, T: int, softmax: bool, im
         loop = dynamic_conv_reference(x, taps, K - 1)
     torch.testing.assert_close(torch.stack(steps), full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.stack(steps), loop, atol=1e-5, rtol=1e-5)
+
+
+def test_reference_steps_are_differentiable() -> None:
+    """dynconv_step_ref (not the op) keeps the graph: a caller that needs gradients can step with it."""
+    B, H, C, K, T = 2, 2, 6, 3, 5
+    conv = _conv(C, K, H, True).double()
+    x = torch.randn(T, B, C, dtype=torch.double, requires_grad=True)
+    cache = torch.zeros(B, K, C, dtype=torch.double)
+    steps = torch.stack([dynconv_step_ref(x[t], conv.weight_linear(x[t]).view(B, H, K), cache, t) for t in range(T)])
+    g = torch.randn(T, B, C, dtype=torch.double)
+    grads = torch.autograd.grad(steps, [x, conv.weight_linear.weight], g)
+    expected = torch.autograd.grad(conv(x), [x, conv.weight_linear.weight], g)
+    for a, b in zip(grads, expected, strict=True):  # DynamicConv takes its softmax in float32
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def _run(step_fn, xs, logits, cache, start: int, softmax: bool = True) -> list[torch.Tensor]:

@@ -67,21 +67,33 @@ __attribute__((always_inline)) inline void dynconv_rows(const StepProblem& P, in
     }
     // Taps outer, channels inner: the row's K*C inputs are read once, in slot order (at
     // large batch the cache does not fit in the caches and this is a stream from memory);
-    // the C outputs stay in L1.
+    // the C outputs stay in L1 and are loaded and stored once per 4 taps.
     float* __restrict y = P.out + b * C;
-    for (int64_t k = k0; k < K; ++k) {
-      const float* __restrict src = cache_b + ((P.step + 1 + k) % K) * C;
+    std::memset(y, 0, C * sizeof(float));
+    int64_t k = k0;
+    for (; k + 4 <= K; k += 4) {
+      const float* s0 = cache_b + ((P.step + 1 + k) % K) * C;
+      const float* s1 = cache_b + ((P.step + 2 + k) % K) * C;
+      const float* s2 = cache_b + ((P.step + 3 + k) % K) * C;
+      const float* s3 = cache_b + ((P.step + 4 + k) % K) * C;
+      for (int64_t h = 0; h < H; ++h) {
+        const float* wh = w + h * K + k;
+        const float w0 = wh[0], w1 = wh[1], w2 = wh[2], w3 = wh[3];
+        float* __restrict yh = y + h * R;
+        const float *__restrict p0 = s0 + h * R, *__restrict p1 = s1 + h * R;
+        const float *__restrict p2 = s2 + h * R, *__restrict p3 = s3 + h * R;
+#pragma omp simd
+        for (int64_t r = 0; r < R; ++r) yh[r] += (w0 * p0[r] + w1 * p1[r]) + (w2 * p2[r] + w3 * p3[r]);
+      }
+    }
+    for (; k < K; ++k) {
+      const float* src = cache_b + ((P.step + 1 + k) % K) * C;
       for (int64_t h = 0; h < H; ++h) {
         const float wk = w[h * K + k];
         float* __restrict yh = y + h * R;
         const float* __restrict sh = src + h * R;
-        if (k == k0) {
 #pragma omp simd
-          for (int64_t r = 0; r < R; ++r) yh[r] = wk * sh[r];
-        } else {
-#pragma omp simd
-          for (int64_t r = 0; r < R; ++r) yh[r] += wk * sh[r];
-        }
+        for (int64_t r = 0; r < R; ++r) yh[r] += wk * sh[r];
       }
     }
   }
@@ -152,7 +164,11 @@ at::Tensor dynconv_step_cpu(const at::Tensor& x, const at::Tensor& logits, const
   // Rows of about 2^16 multiply-adds or more per task: at small batches (decoding at batch 1)
   // starting threads costs more than the whole step.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (K * C));
-  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) { rows(P, begin, end); });
+  if (B < 2 * grain) {
+    rows(P, 0, B);  // one task: not even an OpenMP region
+  } else {
+    at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) { rows(P, begin, end); });
+  }
   return out;
 }
 
