@@ -62,6 +62,20 @@ def test_search_results_equal_the_generic_path(spec: str, beam: int, need_attn: 
                 torch.testing.assert_close(g["attention"], e["attention"], atol=1e-5, rtol=0)
 
 
+def test_beam_search_shares_encoder_keys_per_sentence() -> None:
+    model = _model("none")
+    _generate(model, beam=3, batch=2)  # fairseq's generator calls model.set_beam_size(3)
+    assert all(layer.encoder_attn.beam_size == 3 for layer in model.decoder.layers)
+    state: dict = {}
+    src = _sample(2)["net_input"]
+    with torch.no_grad():
+        enc = model.encoder(**src)
+        enc = model.encoder.reorder_encoder_out(enc, torch.arange(2).repeat_interleave(3))  # as the generator does
+        model.decoder(torch.full((6, 1), 2), enc, incremental_state=state)
+    keys = [v["prev_key"] for k, v in state.items() if k.endswith("attn_state")]
+    assert len(keys) == 3 and all(k.shape[0] == 2 for k in keys)  # one copy per sentence, not per hypothesis
+
+
 def test_generic_decoding_restores_the_switch_after_an_error() -> None:
     with pytest.raises(RuntimeError), generic_decoding():
         raise RuntimeError("boom")

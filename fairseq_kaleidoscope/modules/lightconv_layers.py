@@ -220,7 +220,7 @@ class LightConvDecoderLayer(_ConvBlock):
         state = mha._get_input_buffer(incremental_state)
         if "prev_key" not in state:
             enc, pad = encoder_out, encoder_padding_mask
-            if beam > 1 and enc.size(1) == B:  # fairseq's rule: keep the first copy of each sentence
+            if beam > 1 and enc.size(1) == B and B % beam == 0:  # fairseq's rule: one copy per sentence
                 enc = enc.view(enc.size(0), -1, beam, enc.size(2))[:, :, 0]
                 pad = None if pad is None else pad.view(-1, beam, pad.size(1))[:, 0]
             S, rows = enc.shape[:2]

@@ -168,6 +168,8 @@ def _generator(bm: BenchModel, setting: Setting, forced: bool, max_len_b: int):
     tgt_dict = bm.task.target_dictionary
     ensemble = ForcedLengthEnsemble([bm.model], tgt_dict.eos()) if forced else CountingEnsemble([bm.model])
     ensemble.eval()
+    if hasattr(bm.model, "set_beam_size"):  # the generator sets it for beams > 1 only: reset it for beam 1
+        bm.model.set_beam_size(setting.beam)
     gen = SequenceGenerator(ensemble, tgt_dict, beam_size=setting.beam, max_len_a=0, max_len_b=max_len_b)
     return gen, ensemble
 
