@@ -107,3 +107,25 @@ def test_cached_reorder_matches_fairseqs_walk_over_all_modules() -> None:
     rings = [v["ring"] for k, v in states[1].items() if k.endswith("ring_state")]
     assert len(rings) == 3  # one per decoder layer, reordered: rows 0 and 1 now hold the same history
     assert all(torch.equal(r[0], r[1]) and not torch.equal(r[0], r[2]) for r in rings)
+
+
+def test_encoder_reorder_copies_only_when_a_rows_sentence_changes() -> None:
+    model = _model("none")
+    src = _sample(3)["net_input"]
+    with torch.no_grad():
+        enc = model.encoder(**src)
+    naive_x, naive_mask = enc["encoder_out"][0], enc["encoder_padding_mask"][0]
+    orders = [
+        torch.arange(3).repeat_interleave(2),  # expand to beam 2: rows 0,0,1,1,2,2
+        torch.tensor([1, 0, 2, 2, 5, 4]),  # hypotheses move within their sentence: nothing to copy
+        torch.tensor([0, 1, 4, 5]),  # sentence 1 finished
+        torch.tensor([1, 1, 3, 2]),
+    ]
+    out = enc
+    for i, order in enumerate(orders):
+        new = model.encoder.reorder_encoder_out(out, order)
+        assert (new is out) == (i in (1, 3))
+        out = new
+        naive_x, naive_mask = naive_x.index_select(1, order), naive_mask.index_select(0, order)
+        assert torch.equal(out["encoder_out"][0], naive_x)
+        assert torch.equal(out["encoder_padding_mask"][0], naive_mask)
