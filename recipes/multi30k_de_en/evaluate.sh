@@ -6,6 +6,8 @@
 # Averages the last NUM_AVG (default 5) epoch checkpoints of each model, then decodes
 # test_2016_flickr naturally (no forced lengths) at batch 1 greedy and batch 128 beam 4 with
 # one intra-op thread. Writes decode_bench.{md,json,png} to OUT (default runs/results/multi30k).
+# A save directory holding only checkpoint_avg.pt (e.g. averaged on the GPU machine that
+# trained it) is decoded from that file as is.
 # Environment: DATA, SAVE_DENSE, SAVE_KMATRIX, NUM_AVG, OUT.
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
@@ -21,6 +23,8 @@ for model in dense kmatrix; do
         n=$(( n < N ? n : N ))
         "$PY" -m fairseq_kaleidoscope average-checkpoints --inputs "$save" --num-epoch-checkpoints "$n" \
             --output "$save/checkpoint_avg.pt"
+        ARGS+=(--checkpoint "$model=$save/checkpoint_avg.pt")
+    elif [ -f "$save/checkpoint_avg.pt" ]; then
         ARGS+=(--checkpoint "$model=$save/checkpoint_avg.pt")
     else
         ARGS+=(--checkpoint "$model=$save/checkpoint_last.pt")

@@ -9,7 +9,9 @@
 # comes first; the same budget for both models. "kmatrix" replaces every decoder linear
 # layer (--kmatrix-layers decoder.all).
 # Environment: DATA (default data-bin/multi30k.de-en), SAVE (default checkpoints/multi30k_<model>),
-# BUDGET_HOURS, MAX_EPOCH, THREADS (default: all cores).
+# BUDGET_HOURS, MAX_EPOCH, THREADS (default: all cores), DEVICE (cpu, the default, or cuda:
+# train on the GPU; the K-matrix layers then use the CUDA kernels when the extension has them),
+# PY (the python with fairseq, see ../common.sh).
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 MODEL=${1:?usage: train.sh dense|kmatrix [fairseq-train options]}
@@ -22,8 +24,13 @@ esac
 DATA=${DATA:-$ROOT/data-bin/multi30k.de-en}
 SAVE=${SAVE:-$ROOT/checkpoints/multi30k_$MODEL}
 [ -f "$DATA/train.de-en.de.bin" ] || { echo "train.sh: no training data in $DATA (run prepare.sh)" >&2; exit 1; }
+case ${DEVICE:-cpu} in
+    cpu) DEVICE_ARGS=(--cpu) ;;
+    cuda) DEVICE_ARGS=() ;;
+    *) echo "train.sh: DEVICE must be cpu or cuda, got $DEVICE" >&2; exit 2 ;;
+esac
 mkdir -p "$SAVE"
-OMP_NUM_THREADS=${THREADS:-$(nproc)} fairseq train "$DATA" --user-dir "$USER_DIR" --cpu \
+OMP_NUM_THREADS=${THREADS:-$(nproc)} fairseq train "$DATA" --user-dir "$USER_DIR" "${DEVICE_ARGS[@]}" \
     --arch kaleidoscope_lightconv --kmatrix-layers "$LAYERS" \
     --encoder-layers 3 --decoder-layers 3 --encoder-embed-dim 256 --decoder-embed-dim 256 \
     --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512 \
