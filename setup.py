@@ -15,6 +15,11 @@ def cuda_build() -> dict | None:
 
     KALEIDOSCOPE_CUDA=1 forces the CUDA build and KALEIDOSCOPE_CUDA=0 disables it; unset, it is
     built when torch sees a GPU and a CUDA toolkit is found (CUDA_HOME).
+
+    Build with the C++ compiler whose libstdc++ the process loads (usually the system g++,
+    e.g. ``CXX=/usr/bin/g++``). Seen on a GPU image whose default was CXX=/opt/gcc/bin/g++:
+    the extension built and its kernels ran, but formatting an integer into an error message
+    (any failed argument check) crashed the interpreter; with CXX=/usr/bin/g++ all tests passed.
     """
     flag = os.environ.get("KALEIDOSCOPE_CUDA", "")
     if flag == "0":
