@@ -29,6 +29,9 @@ TORCH_LIBRARY(kaleidoscope, m) {
   m.def("dynconv_step(Tensor x, Tensor logits, Tensor(a!) cache, int step, bool softmax) -> Tensor");
   // CPU kernel selection, for tests and benchmarks: isa in {auto, avx512, avx2, portable},
   // path in {auto, tiles, small}. get_cpu_kernel returns [isa in use, path, supported isas].
+  // KaleidoscopeLinear's inference forward (pad, stacks, butterflies, bias, keep out_features rows)
+  // in one call; no gradient. x: (..., in_features) with in_features <= n. Returns (..., out_features).
+  m.def("kmatrix_linear(Tensor x, Tensor twiddle, Tensor? bias, int out_features) -> Tensor");
   m.def("set_cpu_kernel(str isa, str path) -> ()");
   m.def("get_cpu_kernel() -> str[]");
 }

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fairseq_kaleidoscope import KaleidoscopeLinear, param_groups
-from fairseq_kaleidoscope.kmatrix import HAS_EXTENSION, is_kmatrix_parameter, uses_compiled_kernel
+from fairseq_kaleidoscope.kmatrix import HAS_EXTENSION, is_kmatrix_parameter, ops, uses_compiled_kernel
 
 SHAPES = [(512, 1024), (1024, 512), (300, 700), (1, 5), (64, 64), (7, 3)]
 
@@ -190,3 +190,38 @@ def test_inference_path_equals_autograd_path(in_f, out_f, mode):
             layer(torch.randn(3, in_f + 1))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert not got.requires_grad
+
+
+needs_linear_op = pytest.mark.skipif(not ops.HAS_LINEAR_OP, reason="compiled kmatrix_linear op not built")
+
+
+@needs_linear_op
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("in_f,out_f", [(64, 64), (64, 128), (64, 100), (60, 64), (64, 12), (60, 200), (1, 1)])
+def test_kmatrix_linear_op_equals_the_autograd_path(in_f: int, out_f: int, bias: bool, dtype: torch.dtype) -> None:
+    layer = KaleidoscopeLinear(in_f, out_f, bias=bias, nblocks=2, init="randn").to(dtype)
+    for shape in [(3, 5, in_f), (in_f,), (0, in_f)]:
+        x = torch.randn(*shape, dtype=dtype)
+        want = layer._multiply(x, with_bias=True)
+        with torch.no_grad():
+            got = torch.ops.kaleidoscope.kmatrix_linear(x, layer.twiddle, layer.bias, out_f)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@needs_linear_op
+def test_kmatrix_linear_op_refuses_gradients_and_bad_arguments() -> None:
+    layer = KaleidoscopeLinear(16, 24)
+    x = torch.randn(2, 16)
+    with pytest.raises(RuntimeError, match="inference and has no gradient"):
+        torch.ops.kaleidoscope.kmatrix_linear(x, layer.twiddle, layer.bias, 24)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="input has 17 features, the K-matrix size is n = 16"):
+            torch.ops.kaleidoscope.kmatrix_linear(torch.randn(2, 17), layer.twiddle, layer.bias, 24)
+        with pytest.raises(RuntimeError, match="out_features = 40"):
+            torch.ops.kaleidoscope.kmatrix_linear(x, layer.twiddle, None, 40)
+        with pytest.raises(RuntimeError, match=r"bias must have shape \(24\)"):
+            torch.ops.kaleidoscope.kmatrix_linear(x, layer.twiddle, torch.zeros(23), 24)
+        with pytest.raises(TypeError, match=r"input dtype torch\.float64 differs"):
+            layer(x.double())  # the layer re-raises the op's failure with the Python check's message

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .init import init_twiddle_
-from .ops import butterfly_multiply, butterfly_multiply_no_grad, uses_compiled_kernel
+from .ops import (
+    CPU_LINEAR_DTYPES,
+    HAS_LINEAR_OP,
+    KMATRIX_LINEAR_OP,
+    butterfly_multiply,
+    butterfly_multiply_no_grad,
+    uses_compiled_kernel,
+)
 from .parameter import TwiddleParameter
 
 
@@ -128,6 +135,20 @@ class KaleidoscopeLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tw = self.twiddle
+        if (  # decoding on the CPU: the whole forward is one compiled op (csrc/kmatrix_linear.cpp)
+            HAS_LINEAR_OP
+            and not torch.is_grad_enabled()
+            and x.is_cpu
+            and x.dtype in CPU_LINEAR_DTYPES
+            and x.dim() > 0
+            and x.shape[-1] == self.in_features
+            and not torch.compiler.is_compiling()
+        ):
+            try:
+                return KMATRIX_LINEAR_OP(x, tw, self.bias, self.out_features)  # type: ignore[misc]
+            except RuntimeError:
+                self._check_input(x)  # a dtype or device mismatch gets the Python error naming it
+                raise
         if x.dim() == 0 or x.shape[-1] != self.in_features or x.dtype != tw.dtype or x.device != tw.device:
             self._check_input(x)  # raises, naming the problem
         if not torch.is_grad_enabled() and uses_compiled_kernel(x) and not torch.compiler.is_compiling():

@@ -36,6 +36,11 @@ CUDA_MAX_N = 8192
 HAS_CUDA_KERNELS = HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(
     "kaleidoscope::butterfly_multiply", "CUDA"
 )
+# KaleidoscopeLinear's whole inference forward as one op (csrc/kmatrix_linear.cpp), CPU only.
+HAS_LINEAR_OP = HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("kaleidoscope::kmatrix_linear", "CPU")
+CPU_LINEAR_DTYPES = frozenset(COMPILED_DTYPES)
+# Looked up once: resolving torch.ops.kaleidoscope.kmatrix_linear.default costs about 1 µs per call.
+KMATRIX_LINEAR_OP = torch.ops.kaleidoscope.kmatrix_linear.default if HAS_LINEAR_OP else None
 
 
 def check_butterfly_args(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> None:
