@@ -289,5 +289,8 @@ def test_multi30k_recipe_end_to_end(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "eval" / "decode_bench.json").read_text())
     assert not report["forced_length"]
     assert {(r["setting"], r["model"]) for r in report["rows"]} == {
-        (s, m) for s in ("batch1-greedy", "batch128-beam4") for m in ("dense", "kmatrix")
+        (s, m) for s in ("batch1-greedy", "batch128-beam4") for m in ("dense", "dense-int8", "kmatrix", "kmatrix-int8")
     }
+    sources = report["models"]
+    assert "--int8-dense all" in sources["dense-int8"]["source"]
+    assert "--int8-dense encoder,output_projection" in sources["kmatrix-int8"]["source"]
