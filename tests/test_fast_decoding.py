@@ -109,7 +109,7 @@ def test_cached_reorder_matches_fairseqs_walk_over_all_modules() -> None:
     assert all(torch.equal(r[0], r[1]) and not torch.equal(r[0], r[2]) for r in rings)
 
 
-def test_encoder_reorder_copies_only_when_a_rows_sentence_changes() -> None:
+def test_encoder_reorder_is_lazy_and_exact() -> None:
     model = _model("none")
     src = _sample(3)["net_input"]
     with torch.no_grad():
@@ -117,7 +117,7 @@ def test_encoder_reorder_copies_only_when_a_rows_sentence_changes() -> None:
     naive_x, naive_mask = enc["encoder_out"][0], enc["encoder_padding_mask"][0]
     orders = [
         torch.arange(3).repeat_interleave(2),  # expand to beam 2: rows 0,0,1,1,2,2
-        torch.tensor([1, 0, 2, 2, 5, 4]),  # hypotheses move within their sentence: nothing to copy
+        torch.tensor([1, 0, 2, 2, 5, 4]),  # hypotheses move within their sentence: nothing changes
         torch.tensor([0, 1, 4, 5]),  # sentence 1 finished
         torch.tensor([1, 1, 3, 2]),
     ]
@@ -125,7 +125,14 @@ def test_encoder_reorder_copies_only_when_a_rows_sentence_changes() -> None:
     for i, order in enumerate(orders):
         new = model.encoder.reorder_encoder_out(out, order)
         assert (new is out) == (i in (1, 3))
+        assert new["encoder_out"] == [] and new["base_out"][0] is enc["encoder_out"][0]  # nothing copied
         out = new
         naive_x, naive_mask = naive_x.index_select(1, order), naive_mask.index_select(0, order)
-        assert torch.equal(out["encoder_out"][0], naive_x)
-        assert torch.equal(out["encoder_padding_mask"][0], naive_mask)
+        x, mask = model.decoder.encoder_states(out)  # materialised when read
+        assert torch.equal(x, naive_x) and torch.equal(mask, naive_mask)
+    # Once the attention layers have cached their keys, the rows are not read: nothing is materialised.
+    state: dict = {}
+    with torch.no_grad():
+        model.decoder(torch.full((4, 1), 2), out, incremental_state=state)
+    x, mask = model.decoder.encoder_states(out, state)
+    assert x is enc["encoder_out"][0] and mask is None

@@ -196,26 +196,26 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
         return _upgrade_state_dict(state_dict, name)
 
     def reorder_encoder_out(self, encoder_out: dict[str, list[Tensor]], new_order: Tensor) -> dict[str, list[Tensor]]:
-        """Rows of the reordered output are copied only when some row's sentence changes.
+        """Reorder lazily: remember which row of the encoder's own output each row is.
 
-        fairseq's beam search reorders the encoder output at every step, although hypotheses
-        only move between copies of the same sentence except when sentences finish; at batch
-        128 beam 4 each copy moved tens of megabytes. The output remembers which row of the
-        encoder's own output each row is (``row_source``), so a reorder that keeps every row's
-        source returns the same tensors.
+        fairseq's beam search reorders the encoder output at every step, and when sentences
+        finish that copied tens of megabytes per step at batch 128 beam 4 — for nothing once
+        the decoder has projected its keys and values. The reordered output holds the
+        original tensors (``base_out``/``base_mask``) and the row map (``row_source``); the
+        decoder materialises the rows only when it reads them (``encoder_states``). A reorder
+        that keeps every row's sentence returns the input unchanged.
         """
-        masks = encoder_out.get("encoder_padding_mask", [])
         if "row_source" in encoder_out:
             source, base, base_masks = encoder_out["row_source"][0], encoder_out["base_out"], encoder_out["base_mask"]
         else:
-            base, base_masks = encoder_out["encoder_out"], masks
+            base, base_masks = encoder_out["encoder_out"], encoder_out.get("encoder_padding_mask", [])
             source = torch.arange(base[0].size(1), device=new_order.device)
         new_source = source.index_select(0, new_order)
         if new_source.numel() == source.numel() and torch.equal(new_source, source):
             return encoder_out
         return {
-            "encoder_out": [t.index_select(1, new_source) for t in base],
-            "encoder_padding_mask": [t.index_select(0, new_source) for t in base_masks],
+            "encoder_out": [],
+            "encoder_padding_mask": [],
             "row_source": [new_source],
             "base_out": base,
             "base_mask": base_masks,
@@ -291,11 +291,7 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
             x = x + positions
         x = self.dropout_module(x).transpose(0, 1)  # T x B x C
 
-        enc, enc_mask = None, None
-        if encoder_out is not None:
-            enc = encoder_out["encoder_out"][0] if encoder_out["encoder_out"] else None
-            masks = encoder_out.get("encoder_padding_mask", [])
-            enc_mask = masks[0] if masks else None
+        enc, enc_mask = self.encoder_states(encoder_out, incremental_state)
         inner_states: list[Tensor] = [x]
         attn = None
         for layer in self.layers:
@@ -307,6 +303,34 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
 
     def upgrade_state_dict_named(self, state_dict: dict[str, Tensor], name: str) -> dict[str, Tensor]:
         return _upgrade_state_dict(state_dict, name)
+
+    def encoder_states(
+        self, encoder_out: dict[str, list[Tensor]] | None, incremental_state: IncrementalState | None = None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The encoder output (S, B, C) and padding mask (B, S) for the current rows.
+
+        A lazily reordered output (see ``KaleidoscopeLightConvEncoder.reorder_encoder_out``) is
+        materialised here — except during incremental decoding once the attention layers have
+        cached their keys and values: they no longer read it, and the un-reordered tensors are
+        passed as they are.
+        """
+        if encoder_out is None:
+            return None, None
+        if "row_source" not in encoder_out:
+            enc = encoder_out["encoder_out"][0] if encoder_out["encoder_out"] else None
+            masks = encoder_out.get("encoder_padding_mask", [])
+            return enc, masks[0] if masks else None
+        base, base_masks = encoder_out["base_out"], encoder_out["base_mask"]
+        if not base:
+            return None, None
+        if incremental_state is not None and self.layers and self._attention_cached(incremental_state):
+            return base[0], None
+        source = encoder_out["row_source"][0]
+        mask = base_masks[0].index_select(0, source) if base_masks else None
+        return base[0].index_select(1, source), mask
+
+    def _attention_cached(self, incremental_state: IncrementalState) -> bool:
+        return "prev_key" in self.layers[0].encoder_attn._get_input_buffer(incremental_state)
 
     def output_layer(self, features: Tensor) -> Tensor:
         return self.output_projection(features)
