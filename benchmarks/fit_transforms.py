@@ -93,7 +93,8 @@ def run_one(name: str, n: int, args: argparse.Namespace) -> dict:
     dense = res.layer.to_dense().detach()
     rel = (torch.linalg.matrix_norm(dense - target.to(dense.dtype)) / torch.linalg.matrix_norm(target)).item()
     return {
-        "permutation": args.permutation, "nblocks_returned": res.layer.nblocks, "probes": args.probes,
+        "permutation": args.permutation, "nblocks_returned": res.layer.nblocks,
+        "probes": args.probes, "probes_at_end": res.probes,
         "target": name, "n": n, "rmse": res.rmse, "relative_error": rel, "seconds": res.seconds,
         "steps": res.steps, "restarts": res.restarts, "stop": res.stop_reason, "reached": res.reached,
         "dtype": str(dtype).replace("torch.", ""),
@@ -155,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-budget", type=float, default=None, help="seconds per fit (default 30 + 0.27 n)")
     p.add_argument("--permutation", choices=("both", "bitrev", "none"), default="both",
                    help="fixed first permutation: none (plain K-matrix), bitrev (BP), both (half the restarts each)")
-    p.add_argument("--probes", type=int, default=None, help="random probes per step (default: fit's, 32)")
+    p.add_argument("--probes", type=int, default=None,
+                   help="random probes per step, fixed (default: fit's, 32 doubled at each plateau up to n; "
+                        "0: the whole basis)")
     p.add_argument("--real", action="store_true", help="real twiddles (compiled kernel) for real targets")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
     p.add_argument("--seed", type=int, default=0)

@@ -8,7 +8,7 @@ import torch
 
 from fairseq_kaleidoscope.kmatrix import KaleidoscopeLinear
 from fairseq_kaleidoscope.kmatrix.constructors import bit_reversal_permutation
-from fairseq_kaleidoscope.kmatrix.fit import FitResult, butterfly_multiply_elementwise, fit
+from fairseq_kaleidoscope.kmatrix.fit import FitResult, butterfly_multiply_elementwise, default_probes, fit
 from fairseq_kaleidoscope.kmatrix.reference import butterfly_multiply_ref
 
 
@@ -106,6 +106,25 @@ def test_stopping_rules() -> None:
     res = fit(torch.randn(16, 16, dtype=torch.float64), restarts=1, max_steps=10_000, patience=30, polish_steps=0)
     assert res.stop_reason == "patience" and res.steps < 10_000
     assert [s for s, _, _ in res.history] == sorted(s for s, _, _ in res.history)
+
+
+def test_default_probes_follow_the_documented_rule() -> None:
+    # 32 probes to start, whatever the size; doubled at each plateau (when lr is halved), at most in_features.
+    assert [default_probes(n) for n in (1, 8, 256, 1024, 4096)] == [32] * 5
+    with pytest.raises(ValueError, match="in_features"):
+        default_probes(0)
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(64, 64, generator=g, dtype=torch.float64) / 8  # not learnable: plateaus for sure
+    assert fit(target, restarts=1, max_steps=3, polish_steps=0).probes == default_probes(64)
+    res = fit(target, restarts=1, max_steps=10_000, patience=30, polish_steps=0)  # lr halved every 10 stalled steps
+    assert res.stop_reason == "patience" and res.probes == 64  # 32 -> 64, capped at in_features
+    res = fit(target, restarts=1, max_steps=10_000, patience=30, polish_steps=0, probes=16)
+    assert res.stop_reason == "patience" and res.probes == 16  # an explicit count is kept
+    assert fit(target, restarts=1, max_steps=3, polish_steps=0, probes=0).probes == 0  # the whole basis
+    x = torch.randn(16, 64, generator=g, dtype=torch.float64)
+    assert fit((x, x @ target.t()), restarts=1, max_steps=3, polish_steps=0).probes == 0  # pairs: no probes
+    with pytest.raises(ValueError, match="probes"):
+        fit(target, probes=-1)
 
 
 def test_rectangular_target_and_float32() -> None:
