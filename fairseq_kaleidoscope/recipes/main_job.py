@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> Path:
     bench_args = [str(data), "--checkpoint", f"dense={checkpoints['dense']}"]
     bench_args += ["--checkpoint", f"kmatrix={checkpoints['kmatrix']}"]
     bench_args += ["--setting", "batch1-greedy:1:1", "--setting", "batch64-beam4:64:4", "--threads", "1"]
+    bench_args += ["--repeats", "3"]  # medians: a single sub-second run can be off by 2x
     bench_args += ["--out-dir", str(work), "--progress-every", "100", "--title", args.title]
     if args.remove_bpe:
         bench_args.append("--remove-bpe")
