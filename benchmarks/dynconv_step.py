@@ -29,8 +29,6 @@ import itertools
 import json
 import logging
 import os
-import random
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -41,7 +39,7 @@ import torch.nn.functional as F
 
 from fairseq_kaleidoscope.modules import DynamicConv
 from fairseq_kaleidoscope.modules.dynconv_step import dynconv_step, dynconv_step_ref, has_compiled_dynconv_step
-from fairseq_kaleidoscope.timing import machine_description
+from fairseq_kaleidoscope.timing import interleaved_medians, machine_description
 
 IMPLS = ("module", "lin+op", "cat+ein", "op", "op raw", "ref", "op hot")
 BATCHES = (1, 4, 512)
@@ -109,21 +107,9 @@ def make_calls(batch: int, C: int, H: int, K: int) -> dict[str, Callable[[], obj
 
 
 def measure(calls: dict[str, Callable[[], object]], min_time: float) -> dict[str, float]:
-    """Median seconds per call. The implementations take turns, in a new random order every
-    round, so that neither load from other processes nor what ran just before favours one."""
-    samples: dict[str, list[float]] = {k: [] for k in calls}
-    order = list(calls.items())
-    rng = random.Random(0)
-    start = time.perf_counter()
-    reps = 0
-    while reps < 5 or (time.perf_counter() - start < min_time * len(calls) and reps < 2000):
-        rng.shuffle(order)
-        for name, fn in order:
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-        reps += 1
-    return {k: statistics.median(v) for k, v in samples.items()}
+    """Median seconds per call, implementations interleaved (see ``interleaved_medians``); the
+    calls were warmed up when they were made."""
+    return interleaved_medians(calls, min_time, max_rounds=2000, warmup=0)
 
 
 def check_agreement(batch: int, C: int, H: int, K: int) -> float:

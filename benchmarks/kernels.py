@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +29,7 @@ import torch.nn.functional as F
 
 from fairseq_kaleidoscope.kmatrix.ops import HAS_EXTENSION, butterfly_multiply
 from fairseq_kaleidoscope.kmatrix.reference import butterfly_multiply_ref
-from fairseq_kaleidoscope.timing import cpu_name
+from fairseq_kaleidoscope.timing import cpu_name, interleaved_medians
 
 IMPLS = ("dense", "kmat1", "kmat2", "ref")
 FULL_N = (256, 512, 1024, 2048, 4096)
@@ -116,25 +114,8 @@ def make_calls(n: int, batch: int, backward: bool, with_ref: bool) -> dict[str, 
 
 
 def measure(calls: dict[str, Callable[[], object]], min_time: float) -> dict[str, float]:
-    """Median seconds per call after warm-up. The implementations take turns, in a new random
-    order every round, so that neither load from other processes nor what ran just before
-    (caches) favours one of them."""
-    for fn in calls.values():  # warm-up: allocations, caches, thread pool
-        fn()
-        fn()
-    samples: dict[str, list[float]] = {k: [] for k in calls}
-    order = list(calls.items())
-    rng = random.Random(0)
-    start = time.perf_counter()
-    reps = 0
-    while reps < 5 or (time.perf_counter() - start < min_time * len(calls) and reps < 200):
-        rng.shuffle(order)
-        for name, fn in order:
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
-        reps += 1
-    return {k: statistics.median(v) for k, v in samples.items()}
+    """Median seconds per call after warm-up, implementations interleaved (see ``interleaved_medians``)."""
+    return interleaved_medians(calls, min_time, max_rounds=200, warmup=2)
 
 
 def run_grid(args: argparse.Namespace) -> list[dict]:

@@ -48,3 +48,32 @@ def cpu_name() -> str:
 def machine_description() -> str:
     """One line naming the CPU, torch version and intra-op thread count in use."""
     return f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+
+
+def interleaved_medians(
+    calls: dict[str, Callable[[], object]], min_time: float, max_rounds: int = 200, warmup: int = 2
+) -> dict[str, float]:
+    """Median seconds per call of each of ``calls``, measured side by side.
+
+    The implementations take turns, in a new random order every round, so that neither load
+    from other processes nor what ran just before (caches) favours one of them. At least 5
+    rounds, then rounds until ``min_time`` seconds per implementation or ``max_rounds``.
+    """
+    import random
+
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in calls}
+    order = list(calls.items())
+    rng = random.Random(0)
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < 5 or (time.perf_counter() - start < min_time * len(calls) and rounds < max_rounds):
+        rng.shuffle(order)
+        for name, fn in order:
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {k: statistics.median(v) for k, v in samples.items()}
