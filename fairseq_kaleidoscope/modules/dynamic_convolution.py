@@ -167,7 +167,7 @@ class DynamicConv(nn.Module, FairseqIncrementalState):
         if buf is not None:
             self._set_input_buffer(incremental_state, buf.index_select(1, new_order))
         state = self.get_incremental_state(incremental_state, "ring_state")
-        if state is not None and not (new_order.numel() == 1 and state["ring"].size(0) == 1):  # 1 row: identity
+        if state is not None:
             state["ring"] = reorder_cache(state["ring"], new_order, state["steps"] - 1)
 
     def _get_input_buffer(self, incremental_state: IncrementalState | None) -> Tensor | None:
