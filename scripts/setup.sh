@@ -34,6 +34,15 @@ fi
 
 echo "setup: building the C++ extension (incremental)"
 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$VENV/bin/python" setup.py -q build_ext --inplace
-# Editable install so `fairseq-train --user-dir` and `import fairseq_kaleidoscope` both work.
-"${PIP[@]}" install --no-deps --no-build-isolation -e . >/dev/null
+# Editable install so `fairseq-train --user-dir` and `import fairseq_kaleidoscope` both work from
+# anywhere. Done once per checkout location and packaging metadata: the install only records
+# where the package lives (the in-place build above is what it imports), so redoing it is a no-op
+# that would cost a minute of pip.
+stamp="$VENV/.editable.sha256"
+want=$( (pwd; cat setup.py pyproject.toml) | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing fairseq_kaleidoscope in editable mode"
+    KALEIDOSCOPE_SKIP_EXT=1 "${PIP[@]}" install --no-deps --no-build-isolation -e . >/dev/null
+    echo "$want" > "$stamp"
+fi
 echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
