@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import zipfile
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +59,13 @@ def load_state(path: str) -> dict:
 
     if not os.path.isfile(path):
         raise ConversionError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not (zipfile.is_zipfile(path) or head.startswith(b"\x80")):  # torch.save: a zip archive (or a legacy pickle)
+        raise ConversionError(
+            f"{path} is not a PyTorch checkpoint (a file written by torch.save, such as fairseq's "
+            f"checkpoint_best.pt); it starts with {head!r}"
+        )
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except Exception as e:  # torch/pickle/fairseq-upgrade errors of a file that is not a fairseq checkpoint

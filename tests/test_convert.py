@@ -114,6 +114,10 @@ def test_bad_input_gives_clear_errors(trained: Path, tmp_path: Path) -> None:
         convert(dense, str(tmp_path / "o.pt"), "decoder.all", activations=10)
     with pytest.raises(ConversionError, match="--fit-on 'activations': use"):
         convert(dense, str(tmp_path / "o.pt"), "decoder.all", fit_on="activations")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello world\n")
+    with pytest.raises(ConversionError, match=r"notes.txt is not a PyTorch checkpoint .*starts with b'hello wo'"):
+        convert(str(text), str(tmp_path / "o.pt"), "decoder.all")
     assert not (tmp_path / "o.pt").exists()
     proc = subprocess.run([sys.executable, "-m", "fairseq_kaleidoscope.convert", "--input", str(tmp_path / "x.pt"),
                            "--output", str(tmp_path / "o.pt")], capture_output=True, text=True, env=ENV)  # fmt: skip

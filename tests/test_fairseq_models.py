@@ -172,6 +172,33 @@ def test_unknown_kmatrix_layers_are_rejected_with_the_valid_names(spec: str, mat
         assert valid in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("extra", "error", "match"),
+    [
+        (["--kmatrix-layers", ""], ValueError, r"--kmatrix-layers is empty.*'none' for a dense model"),
+        (["--kmatrix-layers", " , "], ValueError, r"--kmatrix-layers is empty"),
+        (["--kmatrix-lr-scale", "-1"], ValueError, r"--kmatrix-lr-scale must be a positive number, got -1"),
+        (["--kmatrix-lr-scale", "0"], ValueError, r"--kmatrix-lr-scale must be a positive number"),
+        (["--kmatrix-lr-scale", "nan"], ValueError, r"--kmatrix-lr-scale must be a positive number"),
+        (["--kmatrix-nblocks", "0"], ValueError, r"--kmatrix-nblocks must be an integer >= 1, got 0"),
+    ],
+)
+@pytest.mark.parametrize("arch", ["kaleidoscope_lightconv", "kaleidoscope_transformer_iwslt_de_en"])
+def test_bad_kmatrix_options_are_refused_naming_the_option(arch: str, extra: list, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        build(arch, *extra)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_int8_dense_is_refused_for_training(arch: str) -> None:
+    model, _cfg = build(arch, "--int8-dense", "output_projection")
+    model.eval()  # decoding with it is what it is for
+    with pytest.raises(ValueError, match=r"--int8-dense output_projection is inference-only.*--model-overrides"):
+        model.train()
+    dense_model, _cfg = build(arch)
+    dense_model.train()  # the default stays trainable
+
+
 def test_tied_output_projection_cannot_be_a_kmatrix() -> None:
     with pytest.raises(ValueError, match="tied"):
         build("kaleidoscope_transformer_iwslt_de_en", "--share-decoder-input-output-embed",

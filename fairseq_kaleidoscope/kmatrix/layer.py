@@ -62,6 +62,9 @@ class KaleidoscopeLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features), ("nblocks", nblocks)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"KaleidoscopeLinear: {name} must be an int, got {type(value).__name__} {value!r}")
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features and out_features must be >= 1, got {in_features} and {out_features}")
         if nblocks < 1:

@@ -10,6 +10,8 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import DictConfig
 from torch import nn
 
+from ..compat.quiet import hydra_deprecations_silenced
+
 
 def dummy_dictionary(size: int) -> Dictionary:
     """A dictionary of ``size`` symbols in total (fairseq's 4 specials + ``size - 4`` words)."""
@@ -31,9 +33,10 @@ class DictionaryTask:
 
 def parse_model_args(argv: list[str]) -> DictConfig:
     """Parse fairseq-train model options (``["--arch", ..., ...]``) into the ``cfg.model`` fairseq would save."""
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, input_args=["unused-data-dir", *argv])
-    return convert_namespace_to_omegaconf(args).model
+    with hydra_deprecations_silenced():
+        parser = options.get_training_parser()
+        args = options.parse_args_and_arch(parser, input_args=["unused-data-dir", *argv])
+        return convert_namespace_to_omegaconf(args).model
 
 
 def build_model_from_args(

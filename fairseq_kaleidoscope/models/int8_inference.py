@@ -20,6 +20,17 @@ class Int8DenseInference:
         parse_int8_dense(spec)  # a bad value fails when the model is built, not after loading it
         self.int8_dense = str(spec)
 
+    def train(self, mode: bool = True) -> "Int8DenseInference":
+        # fairseq-train builds the model like any other command; its first training step is
+        # where an inference-only option can be told apart.
+        if mode and self.int8_dense != "none":
+            raise ValueError(
+                f"--int8-dense {self.int8_dense} is inference-only (int8 layers cannot be trained): leave it out of "
+                "fairseq-train and set it when decoding, e.g. fairseq-generate ... "
+                "--model-overrides \"{'int8_dense': 'output_projection'}\""
+            )
+        return super().train(mode)  # type: ignore[misc]
+
     def prepare_for_inference_(self, cfg: object) -> None:
         super().prepare_for_inference_(cfg)  # type: ignore[misc]
         self.int8_layers = quantize_dense_linears(self, self.int8_dense)  # type: ignore[arg-type]

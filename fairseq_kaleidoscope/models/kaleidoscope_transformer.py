@@ -93,8 +93,8 @@ class KaleidoscopeTransformerModel(Int8DenseInference, TransformerModel):
         tie = bool(cfg.share_all_embeddings or cfg.share_decoder_input_output_embed)
         if tie and OUTPUT_PROJECTION in chosen["decoder"]:
             raise ValueError("decoder.output_projection cannot be a K-matrix when the output embedding is tied")
-        model = super().build_model(_as_namespace(cfg), task)
         kopts = kmatrix_options(cfg)
+        model = super().build_model(_as_namespace(cfg), task)
         for layer in model.encoder.layers:
             _swap_layer(layer, chosen["encoder"], kopts, has_encoder_attn=False)
         for layer in model.decoder.layers:

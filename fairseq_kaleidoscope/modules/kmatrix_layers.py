@@ -9,6 +9,7 @@ vocabulary projection) is never part of a group and must be asked for by name;
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,11 @@ def parse_kmatrix_layers(spec: str, available: Mapping[str, Sequence[str]], arch
     """
     chosen: dict[str, set[str]] = {side: set() for side in SIDES}
     items = [s.strip() for s in str(spec).split(",") if s.strip()]
+    if not items:
+        raise ValueError(
+            f"--kmatrix-layers is empty ({spec!r}) for {arch}: name the sub-layers, or 'none' for a dense model. "
+            + describe_kmatrix_layers(available)
+        )
     if items == ["none"]:
         return {side: frozenset() for side in SIDES}
     for item in items:
@@ -110,6 +116,10 @@ def replace_linear(parent: nn.Module, attr: str, kmatrix: KMatrixOptions) -> Non
 
 
 def kmatrix_options(cfg: object) -> KMatrixOptions:
-    return KMatrixOptions(
-        nblocks=int(cfg.kmatrix_nblocks), init=str(cfg.kmatrix_init), lr_scale=float(cfg.kmatrix_lr_scale)
-    )
+    """The ``--kmatrix-*`` options of a model config, checked (each error names its option)."""
+    nblocks, lr_scale = cfg.kmatrix_nblocks, float(cfg.kmatrix_lr_scale)
+    if isinstance(nblocks, bool) or not isinstance(nblocks, int) or nblocks < 1:
+        raise ValueError(f"--kmatrix-nblocks must be an integer >= 1, got {nblocks!r}")
+    if not math.isfinite(lr_scale) or lr_scale <= 0:
+        raise ValueError(f"--kmatrix-lr-scale must be a positive number, got {cfg.kmatrix_lr_scale!r}")
+    return KMatrixOptions(nblocks=nblocks, init=str(cfg.kmatrix_init), lr_scale=lr_scale)

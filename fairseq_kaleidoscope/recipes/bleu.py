@@ -35,7 +35,8 @@ def _check(hyps: Sequence[str], refs: Sequence[str]) -> None:
 def tokenized_bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
     """BLEU on already tokenized text (no further tokenisation), 0–100."""
     _check(hyps, refs)
-    return sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize="none").score
+    # force: the text is tokenized on purpose (sacrebleu would warn "forgot to detokenize").
+    return sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize="none", force=True).score
 
 
 def detokenized_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str = "en") -> float:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from ..compat.quiet import hydra_deprecations_silenced
 from ..modules.fast_decoding import generic_decoding
 from ..timing import machine_description
 from .bleu import both_bleus
@@ -120,11 +121,14 @@ def random_model(name: str, data: str, options: str, seed: int) -> BenchModel:
     from fairseq import tasks
 
     register_plugin()
-    parser = fairseq_options.get_training_parser()
-    args = fairseq_options.parse_args_and_arch(parser, [data, "--user-dir", USER_DIR, "--cpu", *shlex.split(options)])
-    task = tasks.setup_task(args)
-    torch.manual_seed(seed)
-    model = task.build_model(args)
+    with hydra_deprecations_silenced():
+        parser = fairseq_options.get_training_parser()
+        args = fairseq_options.parse_args_and_arch(
+            parser, [data, "--user-dir", USER_DIR, "--cpu", *shlex.split(options)]
+        )
+        task = tasks.setup_task(args)
+        torch.manual_seed(seed)
+        model = task.build_model(args)
     return BenchModel(name, model, task, f"random init: {options}")
 
 
@@ -134,7 +138,8 @@ def load_checkpoint(name: str, data: str, path: str) -> BenchModel:
     register_plugin()
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path!r} (model {name!r}) does not exist")
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
+    with hydra_deprecations_silenced():
+        models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
     return BenchModel(name, models[0], task, path)
 
 
@@ -342,6 +347,8 @@ def summarise(args, models: list[BenchModel], results: list[RunResult], refs: li
                     "decoder_calls": r.decoder_calls,
                     "decoder_hypothesis_steps": r.decoder_rows,
                     "same_hyps_as": same_as,
+                    # words (BPE removed) of all hypotheses / words of all references
+                    "length_ratio": sum(len(h.split()) for h in r.hyps) / max(1, sum(len(x.split()) for x in refs)),
                     **bleu,
                 }
             )

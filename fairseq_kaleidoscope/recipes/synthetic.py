@@ -10,7 +10,11 @@ The task is small enough to learn in minutes on a CPU but not a word-for-word co
   all "the" in English) and adjectives take the matching ending;
 - the verb agrees with the subject's number in both languages, but the number is
   visible in German on the determiner and noun, in English on the verb ("-s");
-- prepositions govern the dative ("mit dem hund" / "mit der katze").
+- prepositions govern the dative ("mit dem hund" / "mit der katze");
+- beside a few real words, the lexicon has hundreds of invented words (German-like and
+  English-like syllables, a fixed seed) drawn with Zipf frequencies, so that rare words
+  are seen only a few times in training: a model's BLEU depends on how much of the
+  lexicon it learned, and does not saturate at 100 within a short training budget.
 
 Usage: ``python -m fairseq_kaleidoscope.recipes.synthetic OUT_DIR --train 4000``
 writes ``{train,valid,test}.{de,en}`` (one sentence per line, tokens separated by spaces).
@@ -66,6 +70,64 @@ ADJECTIVES = [
     ("laut", "loud"),
     ("müde", "tired"),
 ]
+
+# Invented words: (German-like, English-like) syllables, one fixed seed, so the lexicon
+# is the same in every corpus (the corpus seed only changes which sentences are drawn).
+GENERATED = {"nouns": 320, "verbs": 100, "adjectives": 80}
+_DE_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "w", "z", "br", "fl", "gr", "kr", "schl", "st"]
+_DE_VOWELS = ["a", "e", "i", "o", "u", "ä", "ö", "ü", "au", "ei"]
+_DE_CODAS = ["", "ch", "ck", "f", "g", "k", "l", "m", "nd", "r", "s", "st", "tz"]
+_EN_ONSETS = ["b", "c", "d", "f", "g", "h", "j", "l", "m", "p", "qu", "r", "sh", "sn", "th", "tr", "v", "wh", "y"]
+_EN_VOWELS = ["a", "ee", "i", "o", "oo", "u", "ay", "ow", "ea"]
+_EN_CODAS = ["", "b", "ck", "d", "g", "m", "n", "p", "sh", "t", "x", "ll"]
+
+
+def _invented_words(rng: random.Random, onsets: list[str], vowels: list[str], codas: list[str], n: int,
+                    taken: set[str]) -> list[str]:
+    """``n`` distinct words of one or two syllables, none of them in ``taken`` (which grows)."""
+    words = []
+    while len(words) < n:
+        syllables = [rng.choice(onsets) + rng.choice(vowels) for _ in range(rng.choice((1, 2, 2)))]
+        word = "".join(syllables) + rng.choice(codas)
+        if len(word) > 2 and word not in taken:
+            taken.add(word)
+            words.append(word)
+    return words
+
+
+def _extend_lexicon() -> None:
+    rng = random.Random(20261203)
+    taken_de = {w for entry in NOUNS for w in entry[:2]} | {v[0] for v in VERBS} | {a[0] for a in ADJECTIVES}
+    taken_en = {w for entry in NOUNS for w in entry[3:]} | {w for v in VERBS for w in v[1:]} | {a[1] for a in ADJECTIVES}
+    de_nouns = _invented_words(rng, _DE_ONSETS, _DE_VOWELS, _DE_CODAS, GENERATED["nouns"], taken_de)
+    en_nouns = _invented_words(rng, _EN_ONSETS, _EN_VOWELS, _EN_CODAS, GENERATED["nouns"], taken_en)
+    for de, en in zip(de_nouns, en_nouns, strict=True):
+        gender = rng.choice("mfn")
+        plural = de + {"m": "e", "f": "en", "n": "er"}[gender]
+        NOUNS.append((de, plural, gender, en, en + "s"))
+    de_verbs = _invented_words(rng, _DE_ONSETS, _DE_VOWELS, ["ch", "f", "g", "k", "l", "m", "r", "s", "tz"],
+                               GENERATED["verbs"], taken_de)
+    en_verbs = _invented_words(rng, _EN_ONSETS, _EN_VOWELS, ["b", "d", "g", "m", "n", "p", "t", "ll"],
+                               GENERATED["verbs"], taken_en)
+    VERBS.extend((de, en, en + "s") for de, en in zip(de_verbs, en_verbs, strict=True))
+    de_adjs = _invented_words(rng, _DE_ONSETS, _DE_VOWELS, ["ch", "g", "k", "l", "m", "r", "st"],
+                              GENERATED["adjectives"], taken_de)
+    en_adjs = _invented_words(rng, _EN_ONSETS, _EN_VOWELS, ["d", "ll", "n", "sh", "t", "x"],
+                              GENERATED["adjectives"], taken_en)
+    ADJECTIVES.extend(zip(de_adjs, en_adjs, strict=True))
+
+
+_extend_lexicon()
+
+
+def _zipf_weights(n: int) -> list[float]:
+    return [1.0 / (rank + 1) for rank in range(n)]
+
+
+_NOUN_WEIGHTS = _zipf_weights(len(NOUNS))
+_VERB_WEIGHTS = _zipf_weights(len(VERBS))
+_ADJECTIVE_WEIGHTS = _zipf_weights(len(ADJECTIVES))
+
 ADVERBS = [("heute", "today"), ("morgen", "tomorrow"), ("oft", "often"), ("hier", "here"), ("dort", "there")]
 CONJUNCTIONS = [("weil", "because"), ("wenn", "when"), ("dass", "that"), ("obwohl", "although")]
 PREPOSITIONS = [("mit", "with"), ("neben", "next to"), ("hinter", "behind")]
@@ -87,13 +149,13 @@ def _adjective_ending(case: str, gender: str) -> str:
 
 def _noun_phrase(rng: random.Random, case: str) -> tuple[list[str], list[str], bool]:
     """(german tokens, english tokens, plural?) of a determiner phrase in ``case``."""
-    de_sg, de_pl, gender, en_sg, en_pl = rng.choice(NOUNS)
+    de_sg, de_pl, gender, en_sg, en_pl = rng.choices(NOUNS, _NOUN_WEIGHTS)[0]
     plural = rng.random() < 0.4
     key = "pl" if plural else gender
     de = [ARTICLES[case][key]]
     en = ["the"]
     if rng.random() < 0.4:
-        adj_de, adj_en = rng.choice(ADJECTIVES)
+        adj_de, adj_en = rng.choices(ADJECTIVES, _ADJECTIVE_WEIGHTS)[0]
         stem = adj_de[:-1] if adj_de.endswith("e") else adj_de
         de.append(stem + _adjective_ending(case, key))
         en.append(adj_en)
@@ -106,7 +168,7 @@ def _noun_phrase(rng: random.Random, case: str) -> tuple[list[str], list[str], b
 
 
 def _verb(rng: random.Random, plural_subject: bool) -> tuple[str, str]:
-    stem, base, third = rng.choice(VERBS)
+    stem, base, third = rng.choices(VERBS, _VERB_WEIGHTS)[0]
     if plural_subject:
         return stem + "en", base
     return stem + ("et" if stem.endswith(("d", "t")) else "t"), third
