@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import zipfile
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 

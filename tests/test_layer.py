@@ -127,7 +127,7 @@ def test_bad_inputs_raise_clear_errors():
         KaleidoscopeLinear(16, 8, nblocks=0)
     with pytest.raises(ValueError, match="in_features and out_features must be >= 1"):
         KaleidoscopeLinear(0, 8)
-    with pytest.raises(TypeError, match="in_features must be an int, got float 16.0"):
+    with pytest.raises(TypeError, match=r"in_features must be an int, got float 16\.0"):
         KaleidoscopeLinear(16.0, 8)
     with pytest.raises(TypeError, match="out_features must be an int, got bool"):
         KaleidoscopeLinear(16, True)

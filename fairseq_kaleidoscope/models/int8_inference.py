@@ -20,7 +20,7 @@ class Int8DenseInference:
         parse_int8_dense(spec)  # a bad value fails when the model is built, not after loading it
         self.int8_dense = str(spec)
 
-    def train(self, mode: bool = True) -> "Int8DenseInference":
+    def train(self, mode: bool = True) -> Int8DenseInference:
         # fairseq-train builds the model like any other command; its first training step is
         # where an inference-only option can be told apart.
         if mode and self.int8_dense != "none":

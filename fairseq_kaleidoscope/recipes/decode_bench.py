@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import shlex
 import statistics
 import sys
@@ -417,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # fairseq's CLI format and level, set before fairseq is imported (one of its task modules
+    # calls logging.basicConfig(level=DEBUG) at import, which would print every library's debug lines).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     args = build_parser().parse_args(argv)
     if not args.setting:
         args.setting = [parse_setting("batch1-greedy:1:1"), parse_setting("batch128-beam4:128:4")]

@@ -43,9 +43,9 @@ def markdown_table(report: dict) -> str:
 def plot(report: dict, path: Path, title: str) -> None:
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # a DEBUG root logger would print font searches
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger would print font searches
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
