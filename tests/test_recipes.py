@@ -168,21 +168,29 @@ def test_forced_length_same_steps_for_dense_and_kmatrix(synthetic_bin: Path) -> 
 
 @pytest.mark.slow
 def test_main_job_end_to_end_memorises(tmp_path: Path) -> None:
-    """The main job writes its table/JSON/plot; a short run translates its own training data well."""
+    """The main job writes its table/JSON/plot and its reading; a short run translates its own training data well."""
     work = tmp_path / "demo"
     out = run(
         [
             *(sys.executable, "-m", "fairseq_kaleidoscope.recipes.main_job", "--work-dir", str(work)),
             *"--train-size 200 --test-size 20 --layers 1 --embed-dim 64 --max-tokens 600".split(),
             *"--max-update 250 --warmup 50 --lr 0.005 --dropout 0 --log-interval 50".split(),
+            *"--speed-sentences 4 --repeats 1".split(),
         ]
     )
-    assert "| batch1-greedy | dense |" in out and "| batch64-beam4 | kmatrix |" in out
-    report = json.loads((work / "decode_bench.json").read_text())
-    assert {r["model"] for r in report["rows"]} == {"dense", "kmatrix"}
-    assert (work / "decode_bench.png").stat().st_size > 1000
-    kmat_params = {r["model"]: r["kmatrix_params"] for r in report["rows"]}
-    assert kmat_params["dense"] == 0 and kmat_params["kmatrix"] > 0
+    assert "| quality | beam4 | dense |" in out and "| speed | batch1-greedy | kmatrix+int8 |" in out
+    assert "Reading: at the paper's size the K-matrix decoder decodes" in out
+    report = json.loads((work / "report.json").read_text())
+    rows = {(r["part"], r["model"]): r for r in report["rows"]}
+    assert set(rows) == {("quality", "dense"), ("quality", "kmatrix"),
+                         ("speed", "dense"), ("speed", "kmatrix"), ("speed", "kmatrix+int8")}  # fmt: skip
+    for r in rows.values():
+        assert {"setting", "batch", "beam", "params", "kmatrix_params", "seconds", "speedup", "bleu"} <= set(r)
+    assert rows[("quality", "dense")]["kmatrix_params"] == 0 < rows[("quality", "kmatrix")]["kmatrix_params"]
+    assert rows[("speed", "kmatrix")]["params"] < rows[("speed", "dense")]["params"]
+    assert all(rows[("speed", m)]["length_ratio"] == 1.0 for m in ("dense", "kmatrix"))  # forced lengths
+    assert report["kernel_isa"] in ("avx512", "avx2", "portable")
+    assert (work / "report.png").stat().st_size > 1000 and (work / "speed" / "decode_bench.json").is_file()
     # BLEU on the model's own training data (memorisation) after 250 updates
     for name in ("dense", "kmatrix"):
         out = run(

@@ -8,7 +8,7 @@
 # 45 minutes; fairseq's --stop-time-hours) or MAX_EPOCH epochs (default 40), whichever
 # comes first; the same budget for both models. "kmatrix" replaces every decoder linear
 # layer (--kmatrix-layers decoder.all) and trains the twiddles at LR_SCALE (default 10) times
-# the learning rate: at 9 epochs that gave 24.79 test BLEU against 20.03 at 1× (README).
+# the learning rate: at 9 epochs that gave 24.79 test BLEU against 20.03 at 1× (docs/results.md; compared on test BLEU, see there).
 # Environment: DATA (default data-bin/multi30k.de-en), SAVE (default checkpoints/multi30k_<model>),
 # BUDGET_HOURS, MAX_EPOCH, LR_SCALE, THREADS (default: all cores), DEVICE (cpu, the default, or cuda:
 # train on the GPU; the K-matrix layers then use the CUDA kernels when the extension has them),

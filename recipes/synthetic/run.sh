@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The main job on the synthetic corpus (what `make demo` runs): no download, a few minutes on 2 cores.
 #
-#   recipes/synthetic/run.sh [main_job options]     # e.g. --max-update 1000 --embed-dim 128
+#   recipes/synthetic/run.sh [main_job options]     # e.g. --max-update 800 --embed-dim 128
 #
-# Generates a synthetic German->English corpus (word reordering and agreement), trains a tiny
-# dense and a tiny K-matrix DynamicConv for the same number of updates, decodes the test set
-# with both on one thread and prints the BLEU / time / parameters table. Output in runs/demo.
-# On real data: --data-bin DIR --remove-bpe (a directory from the other recipes' prepare.sh).
+# Quality: generates a synthetic German->English corpus (reordering, agreement, a Zipf lexicon),
+# trains a small dense and a small K-matrix DynamicConv for the same number of updates and scores
+# both on the test set. Speed: times the paper's model size (dense vs K-matrix decoder, batch 1
+# greedy, forced lengths, one thread). Table, plot and JSON in runs/demo.
+# On real data for the quality part: --data-bin DIR --remove-bpe (from the other recipes' prepare.sh).
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 cd "$ROOT"
