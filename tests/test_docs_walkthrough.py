@@ -34,7 +34,8 @@ def test_walkthrough_runs_as_written() -> None:
         )  # fmt: skip
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, output[-4000:]
-        assert re.search(r"parameter groups: \d+ params lr x1 wd 0\.0001, \d+ params lr x3 wd 0", output), output[-3000:]
+        groups = r"parameter groups: \d+ params lr x1 wd 0\.0001, \d+ params lr x3 wd 0"
+        assert re.search(groups, output), output[-3000:]
         assert re.search(r"BLEU4 = \d", output), output[-3000:]
         hypothesis = re.search(r"^H-0\t\S+\t(.*)$", proc.stdout, flags=re.M)
         assert hypothesis, output[-3000:]
