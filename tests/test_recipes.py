@@ -183,7 +183,8 @@ def test_main_job_end_to_end_memorises(tmp_path: Path) -> None:
     report = json.loads((work / "report.json").read_text())
     rows = {(r["part"], r["model"]): r for r in report["rows"]}
     assert set(rows) == {("quality", "dense"), ("quality", "kmatrix"),
-                         ("speed", "dense"), ("speed", "kmatrix"), ("speed", "kmatrix+int8")}  # fmt: skip
+                         ("speed", "dense"), ("speed", "dense-int8"), ("speed", "kmatrix"),
+                         ("speed", "kmatrix+int8")}  # fmt: skip
     for r in rows.values():
         assert {"setting", "batch", "beam", "params", "kmatrix_params", "seconds", "speedup", "bleu"} <= set(r)
     assert rows[("quality", "dense")]["kmatrix_params"] == 0 < rows[("quality", "kmatrix")]["kmatrix_params"]
