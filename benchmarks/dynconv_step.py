@@ -3,11 +3,11 @@
 Times one decoding step (steady state, the ring buffer long wrapped around), float32,
 under no_grad, side by side in one process (the implementations take turns in a random
 order every round; medians after warm-up):
-  module    DynamicConv._forward_step as on main: projection, softmax, torch.cat of the
-            kept inputs, einsum, incremental-state bookkeeping
-  lin+op    what the module would run with the op: weight_linear(x) then dynconv_step
-  cat+ein   the convolution part of today's path alone, given the logits (softmax,
-            torch.cat, slice, einsum)
+  module    DynamicConv.step: projection and the op on the module's ring-buffer state
+  lin+op    the same calls without the module: weight_linear(x) then dynconv_step
+  lin+cat   the step the op replaced: weight_linear(x), then cat+ein
+  cat+ein   the convolution of that step (softmax, torch.cat of the kept inputs, slice, einsum),
+            given the logits
   op        dynconv_step(x, logits, cache, step) (Python wrapper + compiled op)
   op raw    torch.ops.kaleidoscope.dynconv_step.default called directly
   ref       dynconv_step_ref, the plain-PyTorch reference
@@ -41,7 +41,7 @@ from fairseq_kaleidoscope.modules import DynamicConv
 from fairseq_kaleidoscope.modules.dynconv_step import dynconv_step, dynconv_step_ref, has_compiled_dynconv_step
 from fairseq_kaleidoscope.timing import interleaved_medians, machine_description
 
-IMPLS = ("module", "lin+op", "cat+ein", "op", "op raw", "ref", "op hot")
+IMPLS = ("module", "lin+op", "lin+cat", "cat+ein", "op", "op raw", "ref", "op hot")
 BATCHES = (1, 4, 512)
 KERNELS = (3, 15, 31)
 
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def cat_einsum_step(x: torch.Tensor, logits: torch.Tensor, prev: list[torch.Tensor | None], K: int) -> torch.Tensor:
-    """The convolution of DynamicConv._forward_step (main) for one position, given the logits."""
+    """The decoding step the op replaced (torch.cat of the kept inputs, einsum) for one position, given the logits."""
     _, B, C = x.shape
     H = logits.shape[-1] // K
     w = F.softmax(logits.view(1, B, H, K), dim=-1, dtype=torch.float32)
@@ -89,11 +89,13 @@ def make_calls(batch: int, C: int, H: int, K: int) -> dict[str, Callable[[], obj
     # A ring buffer and a position counter for each of lin+op, op, op raw, ref.
     c1, c2, c3, c4 = (torch.zeros(batch, K, C) for _ in range(4))
     n1, n2, n3, n4 = (itertools.count().__next__ for _ in range(4))
-    state: dict = {}
+    state = conv.allocate_state(batch, x)
     prev: list[torch.Tensor | None] = [None]
+    prev2: list[torch.Tensor | None] = [None]
     calls = {
-        "module": lambda: conv._forward_step(x, state),
+        "module": lambda: conv.step(x2, state),
         "lin+op": lambda: dynconv_step(x2, conv.weight_linear(x2).view(batch, H, K), c1, n1()),
+        "lin+cat": lambda: cat_einsum_step(x, conv.weight_linear(x), prev2, K),
         "cat+ein": lambda: cat_einsum_step(x, logits, prev, K),
         "op": lambda: dynconv_step(x2, logits3, c2, n2()),
         "op raw": lambda: op(x2, logits3, c3, n3(), True),
@@ -113,7 +115,7 @@ def measure(calls: dict[str, Callable[[], object]], min_time: float) -> dict[str
 
 
 def check_agreement(batch: int, C: int, H: int, K: int) -> float:
-    """Max |op - today's path| over K + 3 steps of one random sequence (sanity, not a test)."""
+    """Max |op - the cat+einsum step| over K + 3 steps of one random sequence (sanity, not a test)."""
     torch.manual_seed(0)
     xs, logits = torch.randn(K + 3, 1, batch, C), torch.randn(K + 3, 1, batch, H * K)
     cache, prev, err = torch.zeros(batch, K, C), [None], 0.0
@@ -136,7 +138,7 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
             row = {"K": K, "batch": batch, "max_abs_diff": err}
             for impl in IMPLS:
                 row[f"{impl}_us"] = times[impl] * 1e6
-            row["speedup_module"] = times["module"] / times["lin+op"]
+            row["speedup_step"] = times["lin+cat"] / times["module"]
             row["speedup_conv"] = times["cat+ein"] / times["op"]
             rows.append(row)
             print(format_row(row), flush=True)
@@ -144,14 +146,14 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
 
 
 HEADER = (
-    "| K | batch | module µs | lin+op µs | cat+ein µs | op µs | op raw µs | ref µs | op hot µs "
-    "| module / lin+op | cat+ein / op | max abs diff |"
+    "| K | batch | module µs | lin+op µs | lin+cat µs | cat+ein µs | op µs | op raw µs | ref µs | op hot µs "
+    "| lin+cat / module | cat+ein / op | max abs diff |"
 )
 
 
 def format_row(r: dict) -> str:
     cells = [str(r["K"]), str(r["batch"])] + [f"{r[f'{i}_us']:.1f}" for i in IMPLS]
-    cells += [f"{r['speedup_module']:.1f}×", f"{r['speedup_conv']:.1f}×", f"{r['max_abs_diff']:.1e}"]
+    cells += [f"{r['speedup_step']:.1f}×", f"{r['speedup_conv']:.1f}×", f"{r['max_abs_diff']:.1e}"]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -164,16 +166,17 @@ def write_markdown(path: Path, meta: dict, rows: list[dict]) -> None:
         f"Command: `{meta['command']}`",
         "",
         "µs per step, medians after warm-up, the implementations interleaved in random order. "
-        "module: DynamicConv._forward_step today (projection + softmax + cat + einsum + state); "
-        "lin+op: weight_linear + dynconv_step; cat+ein: today's convolution given the logits; "
+        "module: DynamicConv.step (projection + op on its state); "
+        "lin+op: weight_linear + dynconv_step; lin+cat: the step the op replaced (weight_linear + softmax + cat + "
+        "einsum); cat+ein: its convolution given the logits; "
         "op: dynconv_step (wrapper); op raw: the compiled op called directly; ref: dynconv_step_ref; "
         "op hot: op timed alone in a loop (warm caches; the interleaved op column is closer to decoding). "
-        "max abs diff: op vs today's path over K+3 steps.",
+        "max abs diff: op vs cat+ein over K+3 steps.",
         f"Load average (1, 5, 15 min) at the start {fmt_load(meta['loadavg_start'])}, at the end "
         f"{fmt_load(meta['loadavg_end'])} (the cores are shared: timings are noisier under load).",
         "",
         HEADER,
-        "|" + "---|" * 12,
+        "|" + "---|" * 13,
         *(format_row(r) for r in rows),
         "",
     ]
@@ -194,7 +197,8 @@ def plot(path: Path, rows: list[dict]) -> None:
     ks = sorted({r["K"] for r in rows})
     fig, axes = plt.subplots(1, len(ks), figsize=(3.4 * len(ks), 3.0), squeeze=False, sharey=True)
     styles = {
-        "module": "k-o", "lin+op": "C0-s", "cat+ein": "C1-^", "op": "C2-D", "op raw": "C2:", "ref": "C3--x",
+        "module": "k-o", "lin+op": "C0-s", "lin+cat": "C5-v", "cat+ein": "C1-^", "op": "C2-D", "op raw": "C2:",
+        "ref": "C3--x",
         "op hot": "C4:.",
     }
     for ax, K in zip(axes[0], ks, strict=True):
