@@ -22,8 +22,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         average_main(argv[1:])
         return
     if argv and argv[0] == "param-count":
-        import fairseq  # noqa: F401  (registers fairseq's own architectures first)
-
         from .models.param_count import main as count_main
 
         count_main(argv[1:])

@@ -44,15 +44,6 @@ class LayerReport:
     seconds: float
 
 
-def _import_fairseq() -> None:
-    import fairseq  # noqa: F401  (before the plugin, so that it registers its architectures)
-
-    from . import models  # noqa: F401
-    from .compat.safe_globals import allow_fairseq_checkpoint_types
-
-    allow_fairseq_checkpoint_types()
-
-
 def load_state(path: str) -> dict:
     from fairseq import checkpoint_utils
 
@@ -196,7 +187,6 @@ def convert(
     log: Callable[[str], None] = print,
 ) -> list[LayerReport]:
     """Convert ``input_path`` to a K-matrix checkpoint at ``output_path``; returns the per-layer fit report."""
-    _import_fairseq()
     from omegaconf import OmegaConf, open_dict
 
     from .kmatrix import KaleidoscopeLinear

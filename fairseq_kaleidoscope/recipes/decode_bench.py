@@ -30,7 +30,6 @@ hypotheses) into ``--out-dir`` and prints the markdown table.
 from __future__ import annotations
 
 import argparse
-import importlib
 import shlex
 import statistics
 import sys
@@ -102,24 +101,11 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
     return total, kmat
 
 
-def register_plugin() -> None:
-    """Register our architectures and checkpoint allow-list with fairseq.
-
-    ``import fairseq_kaleidoscope`` before fairseq (as ``python -m`` of this module does)
-    skips the fairseq part, and fairseq's ``import_user_module`` then sees the package
-    as already imported, so the models are imported explicitly here.
-    """
-    import fairseq  # noqa: F401
-
-    importlib.import_module("fairseq_kaleidoscope.models")
-
-
 def random_model(name: str, data: str, options: str, seed: int) -> BenchModel:
     """A model built from fairseq training options, with fairseq's random initialisation."""
     from fairseq import options as fairseq_options
     from fairseq import tasks
 
-    register_plugin()
     parser = fairseq_options.get_training_parser()
     args = fairseq_options.parse_args_and_arch(parser, [data, "--user-dir", USER_DIR, "--cpu", *shlex.split(options)])
     task = tasks.setup_task(args)
@@ -131,7 +117,6 @@ def random_model(name: str, data: str, options: str, seed: int) -> BenchModel:
 def load_checkpoint(name: str, data: str, path: str) -> BenchModel:
     from fairseq import checkpoint_utils
 
-    register_plugin()
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path!r} (model {name!r}) does not exist")
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
