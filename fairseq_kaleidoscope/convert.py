@@ -1,6 +1,6 @@
 """Turn a trained dense model into a K-matrix one: fit each replaced linear layer, copy the rest.
 
-    python -m fairseq_kaleidoscope.convert --input dense.pt --output kmat.pt --kmatrix-layers decoder.all \\
+    python -m fairseq_kaleidoscope convert --input dense.pt --output kmat.pt --kmatrix-layers decoder.all \\
         [--kmatrix-nblocks 1] [--data-bin DIR --activations 4096] [--steps 1000] [--time-budget 30]
 
 The input is a checkpoint of one of our architectures trained with ``--kmatrix-layers none``
@@ -324,7 +324,7 @@ def _stock_cfg(state: dict) -> object:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m fairseq_kaleidoscope.convert", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fairseq_kaleidoscope convert", description=__doc__.split("\n")[0])
     p.add_argument("--input", required=True, help="dense checkpoint (trained with --kmatrix-layers none)")
     p.add_argument("--output", required=True, help="where to write the K-matrix checkpoint")
     p.add_argument("--kmatrix-layers", default="decoder.all", help="layers to replace (as in fairseq-train)")

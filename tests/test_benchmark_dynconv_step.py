@@ -1,8 +1,7 @@
-"""benchmarks/dynconv_step.py: arguments, the baseline it times, and the bookkeeping (no timing)."""
+"""bench-dynconv (fairseq_kaleidoscope/bench/dynconv_step.py): arguments, the baseline it times, the bookkeeping."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,12 @@ pytest.importorskip("fairseq")
 from fairseq_kaleidoscope.modules import DynamicConv
 from fairseq_kaleidoscope.modules.dynconv_step import has_compiled_dynconv_step
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "dynconv_step.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_dynconv_step", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from fairseq_kaleidoscope.bench import dynconv_step
+
+    return dynconv_step
 
 
 def test_default_grid(bench) -> None:

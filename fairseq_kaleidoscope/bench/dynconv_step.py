@@ -18,8 +18,8 @@ for batch in {1, 4, 512}, C = 512, H = 4, K in {3, 15, 31}, on one thread by def
 Writes dynconv_step.json, dynconv_step.md and dynconv_step.png to --out
 (default benchmarks/results/).
 
-    python benchmarks/dynconv_step.py            # about a minute
-    python benchmarks/dynconv_step.py --quick    # fewer repeats
+    python -m fairseq_kaleidoscope bench-dynconv            # about a minute
+    python -m fairseq_kaleidoscope bench-dynconv --quick    # fewer repeats
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ KERNELS = (3, 15, 31)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats (min-time 0.05 s)")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
     p.add_argument("--batch", type=int, nargs="+", default=list(BATCHES), help="batch sizes (beams x sentences)")
     p.add_argument("--kernel-size", type=int, nargs="+", default=list(KERNELS), help="kernel sizes K")
     p.add_argument("--channels", type=int, default=512, help="channels C")
@@ -231,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         "H": args.heads,
         "threads": args.threads,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join(["python benchmarks/dynconv_step.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join([
+            "python -m fairseq_kaleidoscope bench-dynconv",
+            *(sys.argv[1:] if argv is None else argv),
+        ]),
         "loadavg_start": os.getloadavg(),
     }
     print(meta["machine"])

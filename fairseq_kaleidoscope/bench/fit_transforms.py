@@ -12,9 +12,9 @@ whose permutation was learned; here it is chosen from {identity, bit reversal} b
 
 Usage::
 
-    python benchmarks/fit_transforms.py                  # n = 8 ... 1024 (long: tens of minutes)
-    python benchmarks/fit_transforms.py --quick          # n = 8, 32
-    python benchmarks/fit_transforms.py --sizes 64 256 --targets dft hadamard
+    python -m fairseq_kaleidoscope fit-transforms                  # n = 8 ... 1024 (long: tens of minutes)
+    python -m fairseq_kaleidoscope fit-transforms --quick          # n = 8, 32
+    python -m fairseq_kaleidoscope fit-transforms --sizes 64 256 --targets dft hadamard
 
 Prints a markdown table; writes fit_transforms.{json,png} to --out (default benchmarks/results/).
 """
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     p.add_argument("--quick", action="store_true", help="n = 8 and 32 only")
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--restarts", type=int, default=4)
     p.add_argument("--max-steps", type=int, default=4000)
     p.add_argument("--patience", type=int, default=400)
@@ -173,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     machine = {
         "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),
-        "load_average_start": os.getloadavg(), "command": " ".join(sys.argv),
+        "load_average_start": os.getloadavg(),
+        "command": " ".join(
+            ["python -m fairseq_kaleidoscope fit-transforms", *(sys.argv[1:] if argv is None else argv)]
+        ),
     }
     print(f"# {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
           f"({machine['torch_threads']} threads), load average {machine['load_average_start']}", flush=True)

@@ -10,8 +10,8 @@ for n in {256, ..., 4096}, batch in {1, ..., 4096}, forward (under no_grad) and
 forward+backward (gradients of input, weights and bias), with 1 thread and all threads.
 Writes results.json, results.md and results.png to --out (default benchmarks/results/).
 
-    python benchmarks/kernels.py            # full grid, a few minutes on 2 cores
-    python benchmarks/kernels.py --quick    # a subset, about a minute
+    python -m fairseq_kaleidoscope bench-kernels            # full grid, a few minutes on 2 cores
+    python -m fairseq_kaleidoscope bench-kernels --quick    # a subset, about a minute
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ REF_MAX_ELEMENTS = 1 << 19
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"n in {QUICK_N}, batch in {QUICK_BATCH}, fewer repeats")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="results folder")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
     p.add_argument("--n", type=int, nargs="+", help="sizes to run (default: the full or quick grid)")
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes to run")
     p.add_argument(
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "isa": isa,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python benchmarks/kernels.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m fairseq_kaleidoscope bench-kernels " + " ".join(sys.argv[1:] if argv is None else argv),
         "threads": args.threads,
         "overhead": fixed_overhead(),
         "loadavg_start": os.getloadavg(),
