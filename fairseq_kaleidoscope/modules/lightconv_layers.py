@@ -17,8 +17,9 @@ sub-layer name            module                           sides
 
 from __future__ import annotations
 
+import uuid
+
 import torch.nn.functional as F
-from fairseq.incremental_decoding_utils import FairseqIncrementalState
 from fairseq.modules import FairseqDropout, LayerNorm
 from torch import Tensor, nn
 
@@ -131,12 +132,12 @@ class LightConvDecoderLayerState:
             self.attn.reorder(new_order)
 
 
-class LightConvDecoderLayer(_ConvBlock, FairseqIncrementalState):
+class LightConvDecoderLayer(_ConvBlock):
     """Decoder layer: causal dynamic convolution, encoder attention, FFN; (T, B, C) in and out.
 
     ``forward`` runs a whole sequence (training, scoring); decoding runs :meth:`step` one
     position at a time on a :class:`LightConvDecoderLayerState` (``allocate_state``), kept
-    under this layer's key of fairseq's ``incremental_state`` (``get_state``).
+    under this layer's one key of fairseq's ``incremental_state`` (``get_state``).
     """
 
     def __init__(self, cfg: object, kernel_size: int, kmatrix: frozenset[str], kopts: KMatrixOptions) -> None:
@@ -157,7 +158,7 @@ class LightConvDecoderLayer(_ConvBlock, FairseqIncrementalState):
         self.encoder_attn_layer_norm = LayerNorm(self.embed_dim)
         self.final_layer_norm = LayerNorm(self.embed_dim)
         self.need_attn = True
-        self.init_incremental_state()
+        self.state_key = f"{uuid.uuid4()}.state"  # this layer's key in incremental_state (looked up every step)
 
     def _attend(self, x: Tensor, encoder_out: Tensor, encoder_padding_mask: Tensor | None):
         x, attn = self.encoder_attn(
@@ -182,7 +183,7 @@ class LightConvDecoderLayer(_ConvBlock, FairseqIncrementalState):
         self.need_attn = need_attn
 
     def get_state(self, incremental_state: IncrementalState) -> LightConvDecoderLayerState | None:
-        return self.get_incremental_state(incremental_state, "state")
+        return incremental_state.get(self.state_key)
 
     def allocate_state(
         self, x: Tensor, encoder_out: Tensor | None, encoder_padding_mask: Tensor | None,
@@ -197,7 +198,7 @@ class LightConvDecoderLayer(_ConvBlock, FairseqIncrementalState):
         if encoder_out is not None:
             attn = self.encoder_attn.allocate_state(B, encoder_out, encoder_padding_mask, encoder_rows)
         state = LightConvDecoderLayerState(self.conv.allocate_state(B, x), attn)
-        self.set_incremental_state(incremental_state, "state", state)
+        incremental_state[self.state_key] = state
         return state
 
     def step(self, x: Tensor, state: LightConvDecoderLayerState) -> tuple[Tensor, Tensor | None]:
