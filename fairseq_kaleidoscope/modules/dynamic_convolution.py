@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .dynconv_step import dynconv_step, dynconv_step_ref, reorder_cache
 
 IncrementalState = dict[str, object]  # fairseq's incremental_state: one typed state object per module
+LinearFactory = Callable[[int, int, bool], nn.Module]
 
 
 class DynamicConvState:
@@ -37,7 +38,6 @@ class DynamicConvState:
     def reorder(self, new_order: Tensor) -> None:
         """Row b continues the history of row ``new_order[b]`` (beam search; the batch may shrink)."""
         self.ring = reorder_cache(self.ring, new_order, self.steps - 1)
-LinearFactory = Callable[[int, int, bool], nn.Module]
 
 
 def dense_linear(in_features: int, out_features: int, bias: bool) -> nn.Linear:
