@@ -225,8 +225,8 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
         once the decoder has projected its keys and values. A reorder that keeps every
         hypothesis' row returns ``encoder_out`` itself.
         """
-        rows = encoder_out.get("encoder_rows") or [torch.arange(encoder_out["encoder_out"][0].size(1))]
-        old = rows[0].to(new_order.device)
+        rows = encoder_out.get("encoder_rows")
+        old = rows[0] if rows else torch.arange(encoder_out["encoder_out"][0].size(1), device=new_order.device)
         new = old.index_select(0, new_order)
         if new.numel() == old.numel() and torch.equal(new, old):
             return encoder_out
