@@ -1,5 +1,5 @@
 // Operator schemas of the `kaleidoscope` library and the Python module stub that
-// loads them. Device implementations live in cpu/ (and, later, cuda/).
+// loads them. Device implementations live in cpu/ and cuda/.
 #include <Python.h>
 #include <torch/library.h>
 

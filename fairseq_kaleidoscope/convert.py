@@ -1,6 +1,6 @@
 """Turn a trained dense model into a K-matrix one: fit each replaced linear layer, copy the rest.
 
-    python -m fairseq_kaleidoscope.convert --input dense.pt --output kmat.pt --kmatrix-layers decoder.all \\
+    python -m fairseq_kaleidoscope convert --input dense.pt --output kmat.pt --kmatrix-layers decoder.all \\
         [--kmatrix-nblocks 1] [--data-bin DIR --activations 4096] [--steps 1000] [--time-budget 30]
 
 The input is a checkpoint of one of our architectures trained with ``--kmatrix-layers none``
@@ -43,15 +43,6 @@ class LayerReport:
     output_rel_error: float | None  # ‖X W_kᵀ − X Wᵀ‖_F / ‖X Wᵀ‖_F on held-out recorded activations
     rows: int  # input rows (non-padding token positions) recorded for this layer; 0 without data
     seconds: float
-
-
-def _import_fairseq() -> None:
-    import fairseq  # noqa: F401  (before the plugin, so that it registers its architectures)
-
-    from . import models  # noqa: F401
-    from .compat.safe_globals import allow_fairseq_checkpoint_types
-
-    allow_fairseq_checkpoint_types()
 
 
 def load_state(path: str) -> dict:
@@ -204,7 +195,6 @@ def convert(
     log: Callable[[str], None] = print,
 ) -> list[LayerReport]:
     """Convert ``input_path`` to a K-matrix checkpoint at ``output_path``; returns the per-layer fit report."""
-    _import_fairseq()
     from omegaconf import OmegaConf, open_dict
 
     from .kmatrix import KaleidoscopeLinear
@@ -342,7 +332,7 @@ def _stock_cfg(state: dict) -> object:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m fairseq_kaleidoscope.convert", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fairseq_kaleidoscope convert", description=__doc__.split("\n")[0])
     p.add_argument("--input", required=True, help="dense checkpoint (trained with --kmatrix-layers none)")
     p.add_argument("--output", required=True, help="where to write the K-matrix checkpoint")
     p.add_argument("--kmatrix-layers", default="decoder.all", help="layers to replace (as in fairseq-train)")

@@ -1,21 +1,17 @@
-"""benchmarks/kernels.py: argument parsing and the bookkeeping around the timings (no timing)."""
+"""bench-kernels (fairseq_kaleidoscope/bench/kernels.py): argument parsing and the bookkeeping (no timing)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
+from fairseq_kaleidoscope.bench import kernels
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_kernels", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return kernels
 
 
 def test_quick_is_a_subset_of_the_full_grid(bench) -> None:

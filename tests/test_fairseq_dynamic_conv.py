@@ -10,7 +10,14 @@ pytest.importorskip("fairseq")
 from fairseq.modules import DynamicConv_scripatable
 
 from fairseq_kaleidoscope.kmatrix import KaleidoscopeLinear
-from fairseq_kaleidoscope.modules import DynamicConv, KMatrixOptions, dynamic_conv_reference, make_linear
+from fairseq_kaleidoscope.modules import (
+    DynamicConv,
+    KMatrixOptions,
+    dynamic_conv_reference,
+    dynamic_convolution,
+    make_linear,
+)
+from fairseq_kaleidoscope.modules.dynamic_convolution import DynamicConvState
 
 C, H, B = 8, 2, 3
 
@@ -55,27 +62,56 @@ def test_full_forward_equals_incremental_decoding(K: int, T: int, kmatrix: bool)
     x = torch.randn(T, B, C)
     with torch.no_grad():
         torch.testing.assert_close(conv(x), _step_by_step(conv, x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(conv(x), conv(x, incremental_state={}), atol=1e-5, rtol=0)  # T positions at once
 
 
 @pytest.mark.parametrize("K", [3, 5])  # the reorder at step 3 comes before and after the ring buffer wraps
 @pytest.mark.parametrize(
     ("path", "dtype"),
-    [("generic", torch.double), ("ring", torch.float), ("ring", torch.double)],  # ring+double: the reference
+    # the compiled op (float32), the reference (float64, or under autograd), the reference asked for
+    [("op", torch.float), ("ref", torch.double), ("autograd", torch.double), ("reference_step", torch.float)],
 )
 def test_beam_reordering_moves_the_kept_inputs(path: str, dtype: torch.dtype, K: int) -> None:
     conv = _conv(K).to(dtype)
+    conv.reference_step = path == "reference_step"
     x = torch.randn(6, B, C, dtype=dtype)
     order = torch.tensor([2, 0, 0])
     # After the reorder at step 3, row b continues the history of row order[b].
     x_reordered = torch.cat([x[:3, order], x[3:]], 0)
     with torch.no_grad():
         expected = conv(x_reordered)[3:]
-    grad = contextlib.nullcontext() if path == "ring" else torch.enable_grad()
-    with torch.no_grad(), grad:  # the ring-buffer step runs without autograd, the generic one under it
+    grad = torch.enable_grad() if path == "autograd" else contextlib.nullcontext()
+    calls = []
+    with torch.no_grad(), grad, _spy_on_steps(calls):
         state: dict = {}
         got = _step_by_step(conv, x, reorder_at=3, order=order, state=state)[3:]
-    assert any(k.endswith("ring_state") for k in state) == (path == "ring")
+    assert (path == "autograd") == got.requires_grad
+    # float64 goes through dynconv_step, which runs the reference for any dtype but float32
+    assert set(calls) == {"dynconv_step" if path in ("op", "ref") else "dynconv_step_ref"}
+    (conv_state,) = state.values()  # one typed state under the module's one key
+    assert isinstance(conv_state, DynamicConvState) and conv_state.steps == 6
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@contextlib.contextmanager
+def _spy_on_steps(calls: list):
+    """Record which step function DynamicConv.step calls."""
+    saved = {name: getattr(dynamic_convolution, name) for name in ("dynconv_step", "dynconv_step_ref")}
+
+    def spy(name):
+        def call(*args):
+            calls.append(name)
+            return saved[name](*args)
+
+        return call
+
+    for name in saved:
+        setattr(dynamic_convolution, name, spy(name))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(dynamic_convolution, name, fn)
 
 
 def test_fairseq_scriptable_dynamicconv_disagrees_when_kernel_is_longer_than_sequence() -> None:
@@ -112,4 +148,6 @@ def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="expected input"):
         DynamicConv(8, 3, padding_l=2)(torch.randn(2, 1, 4))
     with pytest.raises(ValueError, match="causal"):
-        DynamicConv(8, 3, padding_l=1)(torch.randn(1, 1, 8), incremental_state={})
+        DynamicConv(8, 3, padding_l=1).eval()(torch.randn(1, 1, 8), incremental_state={})
+    with pytest.raises(RuntimeError, match=r"call \.eval\(\) first"):
+        DynamicConv(8, 3, padding_l=2)(torch.randn(1, 1, 8), incremental_state={})

@@ -1,4 +1,4 @@
-"""The lean decoding step gives what the generic (training-path) step gives, in fairseq's search."""
+"""The decoding step (layers' ``step`` on typed states) gives what the full forward gives, in fairseq's search."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ pytest.importorskip("fairseq")
 from fairseq.sequence_generator import SequenceGenerator
 
 from fairseq_kaleidoscope.models.builder import build_model_from_args, dummy_dictionary
-from fairseq_kaleidoscope.modules.fast_decoding import fast_decoding_enabled, generic_decoding
+from fairseq_kaleidoscope.modules.lightconv_layers import LightConvDecoderLayerState
 
 TINY = [
     "--arch", "kaleidoscope_lightconv_iwslt_de_en",
@@ -35,31 +35,42 @@ def _sample(batch: int) -> dict:
     return {"net_input": {"src_tokens": src, "src_lengths": (src != 1).sum(1)}}
 
 
-def _generate(model: torch.nn.Module, beam: int, batch: int) -> list[list[dict]]:
+def _generate(model: torch.nn.Module, beam: int, batch: int, incremental: bool = True) -> list[list[dict]]:
     gen = SequenceGenerator([model], dummy_dictionary(VOCAB), beam_size=beam, max_len_a=0, max_len_b=20)
+    gen.model.has_incremental = incremental  # False: fairseq runs the full forward over the prefix at every step
     with torch.no_grad():
         return gen.generate([model], _sample(batch))
 
 
-@pytest.mark.parametrize("need_attn", [False, True])
-@pytest.mark.parametrize("beam", [1, 3])
-@pytest.mark.parametrize("spec", ["none", "decoder.all,decoder.output_projection"])
-def test_search_results_equal_the_generic_path(spec: str, beam: int, need_attn: bool) -> None:
-    # batch 6: beam 1 takes the fused attention kernel, beam 3 (18 rows) the explicit one
-    model = _model(spec)
-    model.make_generation_fast_(need_attn=need_attn)
-    with generic_decoding():
-        assert not fast_decoding_enabled()
-        expected = _generate(model, beam, batch=6)
-    assert fast_decoding_enabled()
-    got = _generate(model, beam, batch=6)
+def _assert_same_hypotheses(expected: list[list[dict]], got: list[list[dict]], beam: int, attention: bool) -> None:
     for hyps_e, hyps_g in zip(expected, got, strict=True):
         assert len(hyps_e) == len(hyps_g) == beam
         for e, g in zip(hyps_e, hyps_g, strict=True):
             assert torch.equal(e["tokens"], g["tokens"])
             torch.testing.assert_close(g["positional_scores"], e["positional_scores"], atol=1e-5, rtol=0)
-            if need_attn:
+            if attention:
                 torch.testing.assert_close(g["attention"], e["attention"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("need_attn", [False, True])
+@pytest.mark.parametrize("beam", [1, 3])
+@pytest.mark.parametrize("spec", ["none", "decoder.all,decoder.output_projection"])
+def test_search_results_equal_the_full_forward(spec: str, beam: int, need_attn: bool) -> None:
+    # batch 6: beam 1 takes the fused attention kernel, beam 3 (18 rows) the explicit one
+    model = _model(spec)
+    model.make_generation_fast_(need_attn=need_attn)
+    expected = _generate(model, beam, batch=6, incremental=False)
+    got = _generate(model, beam, batch=6)
+    _assert_same_hypotheses(expected, got, beam, need_attn)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_compiled_step_equals_the_reference_step(beam: int) -> None:
+    model = _model("decoder.all")
+    got = _generate(model, beam, batch=6)
+    model.use_reference_step()
+    assert all(layer.conv.reference_step and layer.encoder_attn.reference_step for layer in model.decoder.layers)
+    _assert_same_hypotheses(_generate(model, beam, batch=6), got, beam, attention=False)
 
 
 def test_beam_search_shares_encoder_keys_per_sentence() -> None:
@@ -72,14 +83,41 @@ def test_beam_search_shares_encoder_keys_per_sentence() -> None:
         enc = model.encoder(**src)
         enc = model.encoder.reorder_encoder_out(enc, torch.arange(2).repeat_interleave(3))  # as the generator does
         model.decoder(torch.full((6, 1), 2), enc, incremental_state=state)
-    keys = [v["prev_key"] for k, v in state.items() if k.endswith("attn_state")]
-    assert len(keys) == 3 and all(k.shape[0] == 2 for k in keys)  # one copy per sentence, not per hypothesis
+    assert len(state) == 3 and all(isinstance(s, LightConvDecoderLayerState) for s in state.values())  # one per layer
+    assert all(s.attn.key.shape[0] == 2 and s.attn.group == 3 for s in state.values())  # one copy per sentence
 
 
-def test_generic_decoding_restores_the_switch_after_an_error() -> None:
-    with pytest.raises(RuntimeError), generic_decoding():
-        raise RuntimeError("boom")
-    assert fast_decoding_enabled()
+def _decode(model: torch.nn.Module, tokens: torch.Tensor, enc: dict, state: dict) -> torch.Tensor:
+    steps = [model.decoder(tokens[:, : t + 1], enc, incremental_state=state)[0] for t in range(tokens.size(1))]
+    return torch.cat(steps, 1)
+
+
+@pytest.mark.parametrize("beam", [1, 2])
+def test_reorders_mid_decoding_equal_the_full_forward(beam: int) -> None:
+    """Expand to the beam, move hypotheses within their sentence, finish a sentence: every step
+    still equals the full forward over the reordered histories (conv rings, attention keys, encoder rows)."""
+    model = _model("decoder.all")
+    model.set_beam_size(beam)
+    src = _sample(3)["net_input"]
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randint(4, VOCAB, (3 * beam, 10), generator=g)
+    tokens[:, 0] = 2
+    swap = torch.arange(3 * beam).view(3, beam).flip(1).reshape(-1)  # every beam reversed
+    finish = torch.cat([torch.arange(beam), torch.arange(2 * beam, 3 * beam)])  # sentence 1 finished
+    with torch.no_grad():
+        enc = model.encoder.reorder_encoder_out(model.encoder(**src), torch.arange(3).repeat_interleave(beam))
+        state: dict = {}
+        hist = tokens[:, :4]
+        _decode(model, hist, enc, state)
+        for order, more in ((swap, tokens[: 3 * beam, 4:7]), (finish, tokens[: 2 * beam, 7:10])):
+            model.decoder.reorder_incremental_state_scripting(state, order)
+            enc = model.encoder.reorder_encoder_out(enc, order)
+            hist = torch.cat([hist.index_select(0, order), more], 1)
+            got = torch.cat([model.decoder(hist[:, : t + 1], enc, incremental_state=state)[0]
+                             for t in range(hist.size(1) - more.size(1), hist.size(1))], 1)  # fmt: skip
+            full = model.decoder(hist, enc)[0][:, -more.size(1) :]
+            torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+    assert all(s.attn.key.shape[0] == 2 for s in state.values())  # sentences 0 and 2 (their beams share a row)
 
 
 def test_cached_reorder_matches_fairseqs_walk_over_all_modules() -> None:
@@ -95,21 +133,21 @@ def test_cached_reorder_matches_fairseqs_walk_over_all_modules() -> None:
         with torch.no_grad():
             enc = model.encoder(**src)
             tokens = torch.tensor([[2, 5, 6, 7], [2, 8, 9, 10], [2, 11, 12, 13]])  # rows differ from the first layer on
-            for t in range(4):
-                model.decoder(tokens[:, : t + 1], enc, incremental_state=state)
+            _decode(model, tokens, enc, state)
             reorder(model.decoder, state, order)
         states.append(state)
-    assert states[0].keys() == states[1].keys() and len(states[0]) > 0
-    for key, value in states[0].items():
-        for name, tensor in value.items():
-            if isinstance(tensor, torch.Tensor):
-                assert torch.equal(tensor, states[1][key][name]), (key, name)
-    rings = [v["ring"] for k, v in states[1].items() if k.endswith("ring_state")]
-    assert len(rings) == 3  # one per decoder layer, reordered: rows 0 and 1 now hold the same history
-    assert all(torch.equal(r[0], r[1]) and not torch.equal(r[0], r[2]) for r in rings)
+    assert states[0].keys() == states[1].keys() and len(states[0]) == 3  # one state per decoder layer
+    for key, a in states[0].items():
+        b = states[1][key]
+        assert a.conv.steps == b.conv.steps == 4
+        for x, y in ((a.conv.ring, b.conv.ring), (a.attn.key, b.attn.key), (a.attn.value, b.attn.value)):
+            assert torch.equal(x, y), key
+        # reordered: rows 0 and 1 now hold the same history
+        assert torch.equal(b.conv.ring[0], b.conv.ring[1]) and not torch.equal(b.conv.ring[0], b.conv.ring[2])
+        assert torch.equal(b.attn.key[0], b.attn.key[1]) and not torch.equal(b.attn.key[0], b.attn.key[2])
 
 
-def test_encoder_reorder_is_lazy_and_exact() -> None:
+def test_encoder_reorder_moves_the_row_map_only() -> None:
     model = _model("none")
     src = _sample(3)["net_input"]
     with torch.no_grad():
@@ -125,14 +163,23 @@ def test_encoder_reorder_is_lazy_and_exact() -> None:
     for i, order in enumerate(orders):
         new = model.encoder.reorder_encoder_out(out, order)
         assert (new is out) == (i in (1, 3))
-        assert new["encoder_out"] == [] and new["base_out"][0] is enc["encoder_out"][0]  # nothing copied
+        for key in ("encoder_out", "encoder_padding_mask", "src_lengths"):  # every entry kept, nothing copied
+            assert new[key][0] is enc[key][0]
         out = new
         naive_x, naive_mask = naive_x.index_select(1, order), naive_mask.index_select(0, order)
-        x, mask = model.decoder.encoder_states(out)  # materialised when read
+        x, mask = model.decoder.encoder_states(out)  # the current hypotheses' rows
         assert torch.equal(x, naive_x) and torch.equal(mask, naive_mask)
-    # Once the attention layers have cached their keys, the rows are not read: nothing is materialised.
-    state: dict = {}
+    assert out["encoder_rows"][0].tolist() == [0, 0, 2, 2]
+    # Decoding from the row map equals decoding from an eagerly reordered output.
+    eager = {"encoder_out": [naive_x], "encoder_padding_mask": [naive_mask], "src_lengths": [], "encoder_rows": []}
+    tokens = torch.tensor([[2, 5, 6], [2, 7, 8], [2, 9, 10], [2, 11, 12]])
     with torch.no_grad():
-        model.decoder(torch.full((4, 1), 2), out, incremental_state=state)
-    x, mask = model.decoder.encoder_states(out, state)
-    assert x is enc["encoder_out"][0] and mask is None
+        torch.testing.assert_close(_decode(model, tokens, out, {}), _decode(model, tokens, eager, {}), atol=0, rtol=0)
+
+
+def test_incremental_decoding_in_training_mode_is_refused() -> None:
+    model = _model("none").train()
+    with torch.no_grad():
+        enc = model.encoder(**_sample(2)["net_input"])
+        with pytest.raises(RuntimeError, match=r"call \.eval\(\) first"):
+            model.decoder(torch.full((2, 1), 2), enc, incremental_state={})

@@ -265,8 +265,8 @@ def test_iwslt14_recipe_end_to_end(tmp_path: Path) -> None:
         )
     assert (tmp_path / "bench" / "decode_bench.md").read_text().count("| b1 |") == 5
     for setting in ("b1", "b4"):
-        # the same K-matrix weights through the generic decoder step: the same outputs
-        assert rows[(setting, "kmatrix-generic")]["same_hyps_as"] == "kmatrix"
+        # the same K-matrix weights through the reference decoding step: the same outputs
+        assert rows[(setting, "kmatrix-reference")]["same_hyps_as"] == "kmatrix"
     assert "--int8-dense all" in report["models"]["dense-int8"]["source"]
 
 

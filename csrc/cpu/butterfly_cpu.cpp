@@ -147,10 +147,9 @@ void forward(const cpu::Problem<T>& P) {
     constexpr int64_t kGroup = 8;
     const int64_t ngroups = (rest + kGroup - 1) / kGroup;
     at::parallel_for(0, P.nstacks * ngroups, grain_for(kGroup, P.n, F), [&](int64_t begin, int64_t end) {
-      T* scratch = thread_scratch<T>(K.small_scratch(P));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t s = task / ngroups, g = task % ngroups;
-        K.forward_small(P, s, tiled + g * kGroup, std::min(P.batch, tiled + (g + 1) * kGroup), scratch);
+        K.forward_small(P, s, tiled + g * kGroup, std::min(P.batch, tiled + (g + 1) * kGroup));
       }
     });
   }

@@ -29,7 +29,8 @@ struct Problem {
 };
 
 // Kernels of one instruction set for one dtype. Each call handles rows
-// [row_begin, row_end) of stack `stack`; scratch is at least *_scratch(...) elements.
+// [row_begin, row_end) of stack `stack`; scratch is at least *_scratch(...) elements
+// (the small path needs none).
 template <typename T>
 struct Kernels {
   const char* isa;
@@ -37,8 +38,7 @@ struct Kernels {
   int tile_rows;   // rows per forward tile
   size_t (*tile_scratch)(const Problem<T>&);
   void (*forward_tiles)(const Problem<T>&, int64_t stack, int64_t row_begin, int64_t row_end, T* scratch);
-  size_t (*small_scratch)(const Problem<T>&);
-  void (*forward_small)(const Problem<T>&, int64_t stack, int64_t row_begin, int64_t row_end, T* scratch);
+  void (*forward_small)(const Problem<T>&, int64_t stack, int64_t row_begin, int64_t row_end);
   size_t (*backward_scratch)(const Problem<T>&);
   // Adds this rows' twiddle gradient of the stack into dtwiddle (that stack's slice).
   void (*backward_tiles)(const Problem<T>&, int64_t stack, int64_t row_begin, int64_t row_end, T* scratch,

@@ -43,11 +43,6 @@ inline Factor<T> factor_at(const Problem<T>& P, const T* tw_stack, int64_t f) {
   return {int64_t{1} << k, tw_stack + (b * P.log_n + k) * P.n * 2};
 }
 
-template <typename T>
-inline int64_t factor_offset(const Problem<T>& P, int64_t f) {
-  return factor_at(P, P.twiddle, f).tw - P.twiddle;
-}
-
 // Pair index of coordinate i (whose bit `stride` is 0) in a factor of that stride.
 inline int64_t pair_of(int64_t i, int64_t stride) { return ((i >> 1) & ~(stride - 1)) | (i & (stride - 1)); }
 
@@ -415,12 +410,7 @@ void small_narrow_run(T* const* rows, int g, int64_t n, const Factor<T>* fs, int
 }
 
 template <typename T>
-size_t small_scratch(const Problem<T>&) {
-  return 0;
-}
-
-template <typename T>
-void forward_small(const Problem<T>& P, int64_t s, int64_t row_begin, int64_t row_end, T*) {
+void forward_small(const Problem<T>& P, int64_t s, int64_t row_begin, int64_t row_end) {
   using V = Vec<T>;
   constexpr int W = V::W;
   const int64_t n = P.n, F = factor_count(P);
@@ -600,7 +590,6 @@ constexpr Kernels<T> make_kernels(const char* isa) {
           Vec<T>::W * kTileVectors,
           &tile_scratch<T>,
           &forward_tiles<T>,
-          &small_scratch<T>,
           &forward_small<T>,
           &backward_scratch<T>,
           &backward_tiles<T>};

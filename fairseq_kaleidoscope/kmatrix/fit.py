@@ -82,7 +82,7 @@ def _as_problem(target: Target, in_features: int | None) -> tuple[torch.Tensor |
 MIN_PROBES = 32
 
 
-def default_probes(in_features: int) -> int:
+def default_probes() -> int:
     """Random probes per Adam step that :func:`fit` starts with by default (32, any size).
 
     The default then doubles at every plateau (each time the learning rate is halved), up
@@ -97,8 +97,6 @@ def default_probes(in_features: int) -> int:
     ``probes=0``, was no faster there and lost the n = 8 random permutation: the noise
     helps Adam out of poor basins).
     """
-    if in_features < 1:
-        raise ValueError(f"in_features must be >= 1, got {in_features}")
     return MIN_PROBES
 
 
@@ -309,7 +307,7 @@ def fit(
     t_tr = None if dense is None else dense.to(dtype)
     grow_probes = probes is None  # the default grows on plateaus; an explicit count stays fixed
     if probes is None:
-        probes = default_probes(x_all.shape[1])
+        probes = default_probes()
     elif probes < 0:
         raise ValueError(f"probes must be >= 0 (0: the whole basis), got {probes}")
     prune_every = prune_every or max(1, max_steps // 4)

@@ -8,25 +8,10 @@ and ``torch.compile``. Without the compiled extension everything runs on
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
+from .._extension import HAS_EXTENSION
 from .reference import butterfly_multiply_ref
-
-try:
-    from fairseq_kaleidoscope import _C  # noqa: F401  (registers torch.ops.kaleidoscope)
-
-    HAS_EXTENSION = True
-except ImportError as exc:  # pragma: no cover - exercised on machines without a build
-    HAS_EXTENSION = False
-    warnings.warn(
-        "fairseq_kaleidoscope: the compiled extension is not available "
-        f"({exc}); K-matrix layers fall back to the slower pure-PyTorch reference. "
-        "Build it with `make setup` (or `python setup.py build_ext --inplace`).",
-        RuntimeWarning,
-        stacklevel=2,
-    )
 
 COMPILED_DTYPES = (torch.float32, torch.float64)
 # CUDA kernels (csrc/cuda, built when setup.py finds CUDA): these dtypes, float32 arithmetic,

@@ -27,11 +27,11 @@ import torch
 def butterfly_factor_ref(twiddle: torch.Tensor, x: torch.Tensor, stride: int) -> torch.Tensor:
     """Apply one butterfly factor. twiddle: (nstacks, n/2, 2, 2); x: (batch, nstacks, n)."""
     batch, nstacks, n = x.shape
-    nblocks = n // (2 * stride)
-    # x[..., blk, half, off] is coordinate blk*2*stride + half*stride + off.
-    xv = x.reshape(batch, nstacks, nblocks, 2, stride)
-    # pair p = blk*stride + off.
-    tw = twiddle.reshape(nstacks, nblocks, stride, 2, 2)
+    ngroups = n // (2 * stride)  # groups of 2*stride coordinates (not the layer's B Bᵀ blocks)
+    # x[..., grp, half, off] is coordinate grp*2*stride + half*stride + off.
+    xv = x.reshape(batch, nstacks, ngroups, 2, stride)
+    # pair p = grp*stride + off.
+    tw = twiddle.reshape(nstacks, ngroups, stride, 2, 2)
     y = torch.einsum("skoij,bskjo->bskio", tw, xv)
     return y.reshape(batch, nstacks, n)
 

@@ -40,6 +40,7 @@ from ..modules.lightconv_layers import (
 from .int8_inference import Int8DenseInference
 from .kmatrix_config import KMatrixConfig
 
+EncoderOut = dict[str, list[Tensor]]
 KMATRIX_SUBLAYERS = {"encoder": ENCODER_SUBLAYERS, "decoder": (*DECODER_SUBLAYERS, OUTPUT_PROJECTION)}
 
 
@@ -99,6 +100,14 @@ def _kernel_sizes(sizes: object, layers: int, side: str) -> list[int]:
     return sizes
 
 
+def _encoder_parts(encoder_out: EncoderOut | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(encoder output, padding mask, row map), each None when absent."""
+    if encoder_out is None or not encoder_out["encoder_out"]:
+        return None, None, None
+    masks, rows = encoder_out.get("encoder_padding_mask"), encoder_out.get("encoder_rows")
+    return encoder_out["encoder_out"][0], masks[0] if masks else None, rows[0] if rows else None
+
+
 def _embedding(dictionary: object, dim: int) -> nn.Embedding:
     m = nn.Embedding(len(dictionary), dim, padding_idx=dictionary.pad())
     nn.init.normal_(m.weight, mean=0, std=dim**-0.5)
@@ -155,6 +164,14 @@ class KaleidoscopeLightConvModel(Int8DenseInference, FairseqEncoderDecoderModel)
         """
         self.decoder.set_beam_size(beam_size)
 
+    def use_reference_step(self, enabled: bool = True) -> None:
+        """Decode with the plain-PyTorch step (``dynconv_step_ref``, explicit attention products)
+        instead of the compiled op and the fused attention kernel: the reference the tests and
+        the decoding benchmark compare against. Same hypotheses, slower."""
+        for module in self.modules():
+            if hasattr(module, "reference_step"):
+                module.reference_step = enabled
+
 
 class KaleidoscopeLightConvEncoder(FairseqEncoder):
     def __init__(self, cfg: object, dictionary: object, embed_tokens: nn.Embedding, kmatrix: frozenset[str]) -> None:
@@ -176,7 +193,9 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
         self.layer_norm = LayerNorm(dim) if cfg.encoder_normalize_before else None
         self.register_buffer("version", torch.Tensor([2]))  # as fairseq's: its checkpoints load unchanged
 
-    def forward(self, src_tokens: Tensor, src_lengths: Tensor | None = None) -> dict[str, list[Tensor]]:
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor | None = None) -> EncoderOut:
+        """fairseq's encoder-output dict, plus ``encoder_rows``: empty here; after a reorder, the
+        row of the other entries each hypothesis reads (see ``reorder_encoder_out``)."""
         x = self.embed_scale * self.embed_tokens(src_tokens)
         if self.embed_positions is not None:
             x = x + self.embed_positions(src_tokens)
@@ -187,39 +206,31 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
             x = layer(x, mask)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        out = {"encoder_out": [x], "encoder_padding_mask": [] if mask is None else [mask]}
-        if src_lengths is not None:
-            out["src_lengths"] = [src_lengths]
-        return out
+        return {
+            "encoder_out": [x],  # (S, N, C)
+            "encoder_padding_mask": [] if mask is None else [mask],  # (N, S)
+            "src_lengths": [] if src_lengths is None else [src_lengths],  # (N,)
+            "encoder_rows": [],
+        }
 
     def upgrade_state_dict_named(self, state_dict: dict[str, Tensor], name: str) -> dict[str, Tensor]:
         return _upgrade_state_dict(state_dict, name)
 
-    def reorder_encoder_out(self, encoder_out: dict[str, list[Tensor]], new_order: Tensor) -> dict[str, list[Tensor]]:
-        """Reorder lazily: remember which row of the encoder's own output each row is.
+    def reorder_encoder_out(self, encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
+        """Hypothesis b now reads the encoder row that hypothesis ``new_order[b]`` read.
 
-        fairseq's beam search reorders the encoder output at every step, and when sentences
-        finish that copied tens of megabytes per step at batch 128 beam 4 — for nothing once
-        the decoder has projected its keys and values. The reordered output holds the
-        original tensors (``base_out``/``base_mask``) and the row map (``row_source``); the
-        decoder materialises the rows only when it reads them (``encoder_states``). A reorder
-        that keeps every row's sentence returns the input unchanged.
+        Only the row map ``encoder_rows`` changes (B integers); the encoder's tensors are never
+        copied. fairseq's beam search reorders at every step, and copying the (S, B, C) output
+        when sentences finish cost tens of megabytes per step at batch 128 beam 4, for nothing
+        once the decoder has projected its keys and values. A reorder that keeps every
+        hypothesis' row returns ``encoder_out`` itself.
         """
-        if "row_source" in encoder_out:
-            source, base, base_masks = encoder_out["row_source"][0], encoder_out["base_out"], encoder_out["base_mask"]
-        else:
-            base, base_masks = encoder_out["encoder_out"], encoder_out.get("encoder_padding_mask", [])
-            source = torch.arange(base[0].size(1), device=new_order.device)
-        new_source = source.index_select(0, new_order)
-        if new_source.numel() == source.numel() and torch.equal(new_source, source):
+        rows = encoder_out.get("encoder_rows")
+        old = rows[0] if rows else torch.arange(encoder_out["encoder_out"][0].size(1), device=new_order.device)
+        new = old.index_select(0, new_order)
+        if new.numel() == old.numel() and torch.equal(new, old):
             return encoder_out
-        return {
-            "encoder_out": [],
-            "encoder_padding_mask": [],
-            "row_source": [new_source],
-            "base_out": base,
-            "base_mask": base_masks,
-        }
+        return {**encoder_out, "encoder_rows": [new]}
 
     def max_positions(self) -> int:
         if self.embed_positions is None:
@@ -261,7 +272,7 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
     def forward(
         self,
         prev_output_tokens: Tensor,
-        encoder_out: dict[str, list[Tensor]] | None = None,
+        encoder_out: EncoderOut | None = None,
         incremental_state: IncrementalState | None = None,
         features_only: bool = False,
         **unused: object,
@@ -274,10 +285,11 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
     def extract_features(
         self,
         prev_output_tokens: Tensor,
-        encoder_out: dict[str, list[Tensor]] | None = None,
+        encoder_out: EncoderOut | None = None,
         incremental_state: IncrementalState | None = None,
         **unused: object,
     ):
+        """The whole sequence, or with ``incremental_state`` (decoding, eval mode) the last position."""
         positions = (
             self.embed_positions(prev_output_tokens, incremental_state=incremental_state)
             if self.embed_positions is not None
@@ -289,63 +301,62 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
         x = self.embed_scale * self.embed_tokens(prev_output_tokens)
         if positions is not None:
             x = x + positions
-        x = self.dropout_module(x).transpose(0, 1)  # T x B x C
-
-        enc, enc_mask = self.encoder_states(encoder_out, incremental_state)
-        inner_states: list[Tensor] = [x]
-        attn = None
-        for layer in self.layers:
-            x, attn = layer(x, enc, enc_mask, incremental_state)
-            inner_states.append(x)
+        x = self.dropout_module(x)
+        if incremental_state is not None:
+            x, inner_states, attn = self._step(x[:, 0], encoder_out, incremental_state)
+        else:
+            x, inner_states, attn = self._forward_full(x.transpose(0, 1), encoder_out)  # T x B x C
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
 
+    def _forward_full(self, x: Tensor, encoder_out: EncoderOut | None):
+        enc, enc_mask = self.encoder_states(encoder_out)
+        inner_states: list[Tensor] = [x]
+        attn = None
+        for layer in self.layers:
+            x, attn = layer(x, enc, enc_mask)
+            inner_states.append(x)
+        return x, inner_states, attn
+
+    def _step(self, x: Tensor, encoder_out: EncoderOut | None, incremental_state: IncrementalState):
+        """One position through every layer's ``step``: x (B, C); the layers' states are allocated
+        on the first step (projecting the encoder's keys and values once)."""
+        if self.training:
+            raise RuntimeError("incremental decoding is for inference: call .eval() first "
+                               "(training and scoring run the whole sequence without incremental_state)")
+        inner_states: list[Tensor] = [x.unsqueeze(0)]
+        attn = None
+        for layer in self.layers:
+            state = layer.get_state(incremental_state)
+            if state is None:
+                enc, mask, rows = _encoder_parts(encoder_out)
+                state = layer.allocate_state(x, enc, mask, rows, incremental_state)
+            x, attn = layer.step(x, state)
+            inner_states.append(x.unsqueeze(0))
+        return x.unsqueeze(0), inner_states, attn
+
     def upgrade_state_dict_named(self, state_dict: dict[str, Tensor], name: str) -> dict[str, Tensor]:
         return _upgrade_state_dict(state_dict, name)
 
-    def encoder_states(
-        self, encoder_out: dict[str, list[Tensor]] | None, incremental_state: IncrementalState | None = None
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """The encoder output (S, B, C) and padding mask (B, S) for the current rows.
-
-        A lazily reordered output (see ``KaleidoscopeLightConvEncoder.reorder_encoder_out``) is
-        materialised here — except during incremental decoding once the attention layers have
-        cached their keys and values: they no longer read it, and the un-reordered tensors are
-        passed as they are.
-        """
-        if encoder_out is None:
-            return None, None
-        if "row_source" not in encoder_out:
-            enc = encoder_out["encoder_out"][0] if encoder_out["encoder_out"] else None
-            masks = encoder_out.get("encoder_padding_mask", [])
-            return enc, masks[0] if masks else None
-        base, base_masks = encoder_out["base_out"], encoder_out["base_mask"]
-        if not base:
-            return None, None
-        if incremental_state is not None and self.layers and self._attention_cached(incremental_state):
-            return base[0], None
-        source = encoder_out["row_source"][0]
-        mask = base_masks[0].index_select(0, source) if base_masks else None
-        return base[0].index_select(1, source), mask
-
-    def _attention_cached(self, incremental_state: IncrementalState) -> bool:
-        return "prev_key" in self.layers[0].encoder_attn._get_input_buffer(incremental_state)
+    @staticmethod
+    def encoder_states(encoder_out: EncoderOut | None) -> tuple[Tensor | None, Tensor | None]:
+        """The encoder output (S, B, C) and padding mask (B, S) of the current hypotheses
+        (the rows of ``encoder_rows``, see ``KaleidoscopeLightConvEncoder.reorder_encoder_out``)."""
+        enc, mask, rows = _encoder_parts(encoder_out)
+        if enc is not None and rows is not None:
+            enc = enc.index_select(1, rows)
+            mask = None if mask is None else mask.index_select(0, rows)
+        return enc, mask
 
     def output_layer(self, features: Tensor) -> Tensor:
         return self.output_projection(features)
 
     def reorder_incremental_state_scripting(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
-        """fairseq's version walks every submodule with ``hasattr`` at every search step (about 0.5 ms
-        per step here, a sixth of a batch-1 K-matrix step); the modules with state are found once."""
-        stateful = self.__dict__.get("_stateful_modules")
-        if stateful is None:
-            stateful = tuple(m for m in self.modules() if m is not self and hasattr(m, "reorder_incremental_state"))
-            self.__dict__["_stateful_modules"] = stateful  # a plain attribute: not registered as submodules
-        for module in stateful:
-            result = module.reorder_incremental_state(incremental_state, new_order)
-            if result is not None:
-                incremental_state = result
+        """The layers hold all the decoding state. (fairseq's version walks every submodule with
+        ``hasattr`` at every search step: about 0.5 ms per step here, a sixth of a batch-1 K-matrix step.)"""
+        for layer in self.layers:
+            layer.reorder_incremental_state(incremental_state, new_order)
 
     def max_positions(self) -> int:
         if self.embed_positions is None:

@@ -17,11 +17,27 @@ from fairseq.incremental_decoding_utils import FairseqIncrementalState
 from fairseq.modules import FairseqDropout
 from torch import Tensor, nn
 
-from .dynconv_step import dynconv_step, reorder_cache
-from .fast_decoding import fast_decoding_enabled
+from .dynconv_step import dynconv_step, dynconv_step_ref, reorder_cache
 
-IncrementalState = dict[str, dict[str, Tensor | None]]
+IncrementalState = dict[str, object]  # fairseq's incremental_state: one typed state object per module
 LinearFactory = Callable[[int, int, bool], nn.Module]
+
+
+class DynamicConvState:
+    """Decoding state of a causal :class:`DynamicConv`: a ring buffer of the last K inputs.
+
+    ``ring``: (B, K, C), zero-initialised, position p in slot p % K (see ``dynconv_step.py``);
+    ``steps``: positions decoded so far.
+    """
+
+    __slots__ = ("ring", "steps")
+
+    def __init__(self, ring: Tensor) -> None:
+        self.ring, self.steps = ring, 0
+
+    def reorder(self, new_order: Tensor) -> None:
+        """Row b continues the history of row ``new_order[b]`` (beam search; the batch may shrink)."""
+        self.ring = reorder_cache(self.ring, new_order, self.steps - 1)
 
 
 def dense_linear(in_features: int, out_features: int, bias: bool) -> nn.Linear:
@@ -90,6 +106,7 @@ class DynamicConv(nn.Module, FairseqIncrementalState):
         self.num_heads, self.weight_softmax = num_heads, weight_softmax
         self.weight_dropout_module = FairseqDropout(weight_dropout, module_name=type(self).__name__)
         self.weight_linear = linear(input_size, num_heads * kernel_size, False)
+        self.reference_step = False  # decode with the plain-PyTorch step (set by ``use_reference_step``)
         self.init_incremental_state()
 
     def _taps(self, x: Tensor) -> Tensor:
@@ -101,14 +118,17 @@ class DynamicConv(nn.Module, FairseqIncrementalState):
         return self.weight_dropout_module(w)
 
     def forward(self, x: Tensor, incremental_state: IncrementalState | None = None) -> Tensor:
+        """(T, B, C) -> (T, B, C): all positions at once, or, given an incremental state (eval
+        mode, decoding), the next T positions through :meth:`step`."""
         if x.dim() != 3 or x.shape[2] != self.input_size:
             raise ValueError(f"DynamicConv: expected input (T, B, {self.input_size}), got {tuple(x.shape)}")
-        if incremental_state is not None:
-            # The ring-buffer op has no gradient: decoding under autograd takes the generic step.
-            if x.size(0) == 1 and not self.training and not torch.is_grad_enabled() and fast_decoding_enabled():
-                return self._forward_ring_step(x, incremental_state)
-            return self._forward_step(x, incremental_state)
-        return self._forward_full(x)
+        if incremental_state is None:
+            return self._forward_full(x)
+        state = self.get_incremental_state(incremental_state, "state")
+        if state is None:
+            state = self.allocate_state(x.size(1), x)
+            self.set_incremental_state(incremental_state, "state", state)
+        return torch.stack([self.step(x[t], state) for t in range(x.size(0))])
 
     def _forward_full(self, x: Tensor) -> Tensor:
         """All positions at once: the taps become a banded (T, T) matrix per (batch, head)."""
@@ -125,57 +145,32 @@ class DynamicConv(nn.Module, FairseqIncrementalState):
         y = torch.bmm(band, xh)  # (B*H, T, C/H)
         return y.transpose(0, 1).reshape(T, B, C)
 
-    def _forward_step(self, x: Tensor, incremental_state: IncrementalState) -> Tensor:
-        """Decoder steps: the last K-1 inputs are kept in the incremental state."""
+    def allocate_state(self, batch: int, like: Tensor) -> DynamicConvState:
+        """The decoding state of ``batch`` rows, with ``like``'s dtype and device (eval mode only)."""
+        if self.training:
+            raise RuntimeError("DynamicConv: incremental decoding is for inference; call .eval() first "
+                               "(training uses the full-sequence forward)")
         if self.padding_l != self.kernel_size - 1:
             raise ValueError("DynamicConv: incremental decoding needs a causal kernel (padding_l = kernel_size - 1)")
-        T, B, C = x.shape
-        H, K = self.num_heads, self.kernel_size
-        w = self._taps(x)  # (T, B, H, K)
-        prev = self._get_input_buffer(incremental_state)
-        window = x if prev is None else torch.cat([prev, x], dim=0)  # (L, B, C), newest last
-        if K > 1:
-            self._set_input_buffer(incremental_state, window[-(K - 1) :])
-        out = []
-        for t in range(T):  # T is 1 during generation
-            end = window.shape[0] - T + t + 1
-            ctx = window[max(0, end - K) : end]  # at most K most recent inputs
-            taps = w[t, :, :, K - ctx.shape[0] :]  # taps for positions before the start multiply zeros
-            ctx = ctx.view(ctx.shape[0], B, H, C // H)
-            out.append(torch.einsum("bhk,kbhr->bhr", taps, ctx).reshape(B, C))
-        return torch.stack(out, dim=0)
+        return DynamicConvState(like.new_zeros(batch, self.kernel_size, self.input_size))
 
-    def _forward_ring_step(self, x: Tensor, incremental_state: IncrementalState) -> Tensor:
-        """One decoding step (T = 1, eval) as one op call on a preallocated ring buffer of the last K inputs.
+    def step(self, x: Tensor, state: DynamicConvState) -> Tensor:
+        """One decoding position: (B, C) -> (B, C); appends ``x`` to ``state``.
 
-        Same result as ``_forward_step``; see ``dynconv_step.py`` for the op and its reference.
+        One call of the compiled op (``dynconv_step``) where it applies; its plain-PyTorch
+        definition ``dynconv_step_ref`` under autograd (it is differentiable) or when
+        ``reference_step`` is set. Weight dropout is the identity in eval mode.
         """
-        if self.padding_l != self.kernel_size - 1:
-            raise ValueError("DynamicConv: incremental decoding needs a causal kernel (padding_l = kernel_size - 1)")
-        B, C = x.shape[1], x.shape[2]
-        state = self.get_incremental_state(incremental_state, "ring_state")
-        if state is None:
-            state = {"ring": x.new_zeros(B, self.kernel_size, C), "steps": 0}
-            self.set_incremental_state(incremental_state, "ring_state", state)
-        logits = self.weight_linear(x).view(B, -1)
-        y = dynconv_step(x.view(B, C), logits, state["ring"], state["steps"], self.weight_softmax)
-        state["steps"] += 1
-        return y.view(1, B, C)
+        logits = self.weight_linear(x)
+        step = dynconv_step_ref if self.reference_step or torch.is_grad_enabled() else dynconv_step
+        y = step(x, logits, state.ring, state.steps, self.weight_softmax)
+        state.steps += 1
+        return y
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
-        buf = self._get_input_buffer(incremental_state)
-        if buf is not None:
-            self._set_input_buffer(incremental_state, buf.index_select(1, new_order))
-        state = self.get_incremental_state(incremental_state, "ring_state")
+        state = self.get_incremental_state(incremental_state, "state")
         if state is not None:
-            state["ring"] = reorder_cache(state["ring"], new_order, state["steps"] - 1)
-
-    def _get_input_buffer(self, incremental_state: IncrementalState | None) -> Tensor | None:
-        state = self.get_incremental_state(incremental_state, "conv_state")
-        return None if state is None else state.get("input_buffer")
-
-    def _set_input_buffer(self, incremental_state: IncrementalState, buf: Tensor) -> None:
-        self.set_incremental_state(incremental_state, "conv_state", {"input_buffer": buf})
+            state.reorder(new_order)
 
     def extra_repr(self) -> str:
         return (

@@ -28,16 +28,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-try:
-    from fairseq_kaleidoscope import _C  # noqa: F401  (registers torch.ops.kaleidoscope)
+from .._extension import has_kernel
 
-    _HAS_EXTENSION = True
-except ImportError:  # pragma: no cover - no build; kmatrix.ops warns about it once
-    _HAS_EXTENSION = False
-
-_HAS_COMPILED_OP = _HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(
-    "kaleidoscope::dynconv_step", "CPU"
-)
+_HAS_COMPILED_OP = has_kernel("kaleidoscope::dynconv_step", "CPU")
 
 
 def has_compiled_dynconv_step() -> bool:

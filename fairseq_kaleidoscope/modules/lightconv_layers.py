@@ -17,13 +17,14 @@ sub-layer name            module                           sides
 
 from __future__ import annotations
 
-import torch
+import uuid
+
 import torch.nn.functional as F
-from fairseq.modules import FairseqDropout, LayerNorm, MultiheadAttention
+from fairseq.modules import FairseqDropout, LayerNorm
 from torch import Tensor, nn
 
-from .dynamic_convolution import DynamicConv, IncrementalState
-from .fast_decoding import fast_decoding_enabled
+from .dynamic_convolution import DynamicConv, DynamicConvState, IncrementalState
+from .encoder_attention import EncoderAttention, EncoderAttentionState
 from .kmatrix_layers import KMatrixOptions, make_linear, replace_linear
 
 ENCODER_SUBLAYERS = ("conv_in", "conv_weight", "conv_out", "fc1", "fc2")
@@ -72,14 +73,14 @@ class _ConvBlock(nn.Module):
         self.relu_dropout_module = FairseqDropout(cfg.relu_dropout, module_name=name)
         self.input_dropout_module = FairseqDropout(cfg.input_dropout, module_name=name)
 
-    def _conv(self, x: Tensor, incremental_state: IncrementalState | None = None, pad_mask: Tensor | None = None):
+    def _conv(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         x = self.input_dropout_module(x)
         x = self.linear1(x)
         if self.act is not None:
             x = self.act(x)
         if pad_mask is not None:
             x = x.masked_fill(pad_mask.transpose(0, 1).unsqueeze(2), 0)
-        x = self.conv(x, incremental_state=incremental_state)
+        x = self.conv(x)
         return self.dropout_module(self.linear2(x))
 
     def _ffn(self, x: Tensor) -> Tensor:
@@ -117,8 +118,27 @@ class LightConvEncoderLayer(_ConvBlock):
         return x
 
 
+class LightConvDecoderLayerState:
+    """Decoding state of one decoder layer: its convolution's and its encoder attention's."""
+
+    __slots__ = ("attn", "conv")
+
+    def __init__(self, conv: DynamicConvState, attn: EncoderAttentionState | None) -> None:
+        self.conv, self.attn = conv, attn
+
+    def reorder(self, new_order: Tensor) -> None:
+        self.conv.reorder(new_order)
+        if self.attn is not None:
+            self.attn.reorder(new_order)
+
+
 class LightConvDecoderLayer(_ConvBlock):
-    """Decoder layer: causal dynamic convolution, encoder attention, FFN; (T, B, C) in and out."""
+    """Decoder layer: causal dynamic convolution, encoder attention, FFN; (T, B, C) in and out.
+
+    ``forward`` runs a whole sequence (training, scoring); decoding runs :meth:`step` one
+    position at a time on a :class:`LightConvDecoderLayerState` (``allocate_state``), kept
+    under this layer's one key of fairseq's ``incremental_state`` (``get_state``).
+    """
 
     def __init__(self, cfg: object, kernel_size: int, kmatrix: frozenset[str], kopts: KMatrixOptions) -> None:
         super().__init__(
@@ -127,10 +147,7 @@ class LightConvDecoderLayer(_ConvBlock):
         )
         self.normalize_before = cfg.decoder_normalize_before
         self.conv_layer_norm = LayerNorm(self.embed_dim)
-        self.encoder_attn = MultiheadAttention(
-            self.embed_dim, cfg.decoder_attention_heads, dropout=cfg.attention_dropout,
-            encoder_decoder_attention=True,
-        )
+        self.encoder_attn = EncoderAttention(self.embed_dim, cfg.decoder_attention_heads, dropout=cfg.attention_dropout)
         for name, proj in ATTN_PROJ.items():
             if name in kmatrix:
                 replace_linear(self.encoder_attn, proj, kopts)
@@ -141,59 +158,66 @@ class LightConvDecoderLayer(_ConvBlock):
         self.encoder_attn_layer_norm = LayerNorm(self.embed_dim)
         self.final_layer_norm = LayerNorm(self.embed_dim)
         self.need_attn = True
+        self.state_key = f"{uuid.uuid4()}.state"  # this layer's key in incremental_state (looked up every step)
 
-    def _attend(self, x: Tensor, encoder_out: Tensor, encoder_padding_mask: Tensor | None,
-                incremental_state: IncrementalState | None):
+    def _attend(self, x: Tensor, encoder_out: Tensor, encoder_padding_mask: Tensor | None):
         x, attn = self.encoder_attn(
-            query=x, key=encoder_out, value=encoder_out, key_padding_mask=encoder_padding_mask,
-            incremental_state=incremental_state, static_kv=True,
+            query=x, key=encoder_out, value=encoder_out, key_padding_mask=encoder_padding_mask, static_kv=True,
             need_weights=(not self.training and self.need_attn),
         )
         return self.dropout_module(x), attn
 
     def forward(
-        self,
-        x: Tensor,
-        encoder_out: Tensor | None,
-        encoder_padding_mask: Tensor | None,
-        incremental_state: IncrementalState | None = None,
+        self, x: Tensor, encoder_out: Tensor | None, encoder_padding_mask: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
-        if incremental_state is not None and not self.training and x.size(0) == 1 and fast_decoding_enabled():
-            return self._decode_step(x, encoder_out, encoder_padding_mask, incremental_state)
         pre = self.normalize_before
-        x, _ = self._residual(self._conv, x, self.conv_layer_norm, pre, incremental_state=incremental_state)
+        x, _ = self._residual(self._conv, x, self.conv_layer_norm, pre)
         attn = None
         if encoder_out is not None:
             x, attn = self._residual(self._attend, x, self.encoder_attn_layer_norm, pre,
-                                     encoder_out, encoder_padding_mask, incremental_state)
+                                     encoder_out, encoder_padding_mask)
         x, _ = self._residual(self._ffn, x, self.final_layer_norm, pre)
         return x, attn
 
     def make_generation_fast_(self, need_attn: bool = False, **kwargs) -> None:
         self.need_attn = need_attn
 
-    def _decode_step(
-        self, x: Tensor, encoder_out: Tensor | None, encoder_padding_mask: Tensor | None,
-        incremental_state: IncrementalState,
-    ) -> tuple[Tensor, Tensor | None]:
-        """One decoding step (T = 1, eval): the same sub-layers as ``forward`` without its generic plumbing.
+    def get_state(self, incremental_state: IncrementalState) -> LightConvDecoderLayerState | None:
+        return incremental_state.get(self.state_key)
 
-        At batch 1 a step is a few dozen small ops, so the per-op Python of the training path
-        (closures, tuple checks, no-op dropouts, fairseq's general attention) costs as much
-        as the arithmetic. The outputs are the same up to float rounding in the attention.
+    def allocate_state(
+        self, x: Tensor, encoder_out: Tensor | None, encoder_padding_mask: Tensor | None,
+        encoder_rows: Tensor | None, incremental_state: IncrementalState,
+    ) -> LightConvDecoderLayerState:
+        """The state for decoding the B hypotheses of ``x`` (B, C), stored in ``incremental_state``.
+
+        Hypothesis b attends to row ``encoder_rows[b]`` (b if None) of ``encoder_out`` (S, N, C).
         """
+        B = x.size(0)
+        attn = None
+        if encoder_out is not None:
+            attn = self.encoder_attn.allocate_state(B, encoder_out, encoder_padding_mask, encoder_rows)
+        state = LightConvDecoderLayerState(self.conv.allocate_state(B, x), attn)
+        incremental_state[self.state_key] = state
+        return state
+
+    def step(self, x: Tensor, state: LightConvDecoderLayerState) -> tuple[Tensor, Tensor | None]:
+        """One decoding position (eval): (B, C) -> (B, C), and the attention weights (B, 1, S) if
+        ``need_attn``. The sub-layers of ``forward`` without its generic plumbing (closures,
+        no-op dropouts): at batch 1 a step is a few dozen small ops, and per-op Python costs
+        as much as the arithmetic."""
         pre = self.normalize_before
         h = self.conv_layer_norm(x) if pre else x
         h = self.linear1(h)
         if self.act is not None:
             h = self.act(h)
-        x = x + self.linear2(self.conv(h, incremental_state=incremental_state))
+        x = x + self.linear2(self.conv.step(h, state.conv))
         if not pre:
             x = self.conv_layer_norm(x)
         attn = None
-        if encoder_out is not None:
+        if state.attn is not None:
             h = self.encoder_attn_layer_norm(x) if pre else x
-            h, attn = self._attend_step(h, encoder_out, encoder_padding_mask, incremental_state)
+            h, attn = self.encoder_attn.step(h, state.attn, self.need_attn)
             x = x + h
             if not pre:
                 x = self.encoder_attn_layer_norm(x)
@@ -203,46 +227,7 @@ class LightConvDecoderLayer(_ConvBlock):
             x = self.final_layer_norm(x)
         return x, attn
 
-    def _attend_step(
-        self, x: Tensor, encoder_out: Tensor, encoder_padding_mask: Tensor | None, incremental_state: IncrementalState
-    ) -> tuple[Tensor, Tensor | None]:
-        """Encoder attention of one step; keys and values are projected once per sentence.
-
-        They are cached in the attention module's own incremental state with fairseq's keys
-        and layout (``prev_key``/``prev_value``: (B, H, S, D)), so fairseq's
-        ``reorder_incremental_state`` keeps them in step with the search. As in fairseq's
-        "beamable" attention (``set_beam_size``), the B·beam hypotheses of beam search share
-        one copy per sentence: the queries of a sentence's beam attend to it together.
-        """
-        mha = self.encoder_attn
-        heads, head_dim, beam = mha.num_heads, mha.head_dim, mha.beam_size
-        B = x.size(1)
-        state = mha._get_input_buffer(incremental_state)
-        if "prev_key" not in state:
-            enc, pad = encoder_out, encoder_padding_mask
-            if beam > 1 and enc.size(1) == B and B % beam == 0:  # fairseq's rule: one copy per sentence
-                enc = enc.view(enc.size(0), -1, beam, enc.size(2))[:, :, 0]
-                pad = None if pad is None else pad.view(-1, beam, pad.size(1))[:, 0]
-            S, rows = enc.shape[:2]
-            state["prev_key"] = mha.k_proj(enc).view(S, rows, heads, head_dim).permute(1, 2, 0, 3).contiguous()
-            state["prev_value"] = mha.v_proj(enc).view(S, rows, heads, head_dim).permute(1, 2, 0, 3).contiguous()
-            state["prev_key_padding_mask"] = pad
-            mha._set_input_buffer(incremental_state, state)
-        k, v, pad = state["prev_key"], state["prev_value"], state.get("prev_key_padding_mask")
-        rows = k.size(0)
-        group = B // rows  # queries per cached sentence: the beam, or 1
-        q = mha.q_proj(x).view(rows, group, heads, head_dim).transpose(1, 2)  # (rows, H, group, D)
-        if self.need_attn or B >= 16:
-            # Explicitly: the head-averaged weights are wanted (alignment), or the batch is large
-            # enough that this beats the fused CPU kernel, which is tuned for longer queries.
-            scores = torch.matmul(q, k.transpose(2, 3)).mul_(mha.scaling)  # (rows, H, group, S)
-            if pad is not None:
-                scores.masked_fill_(pad.view(rows, 1, 1, -1), float("-inf"))
-            probs = torch.softmax(scores, dim=-1)
-            out = torch.matmul(probs, v)
-            attn = probs.mean(dim=1).reshape(B, 1, -1) if self.need_attn else None  # as fairseq returns it
-        else:
-            mask = None if pad is None else ~pad.view(rows, 1, 1, -1)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            attn = None
-        return mha.out_proj(out.transpose(1, 2).reshape(1, B, heads * head_dim)), attn
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
+        state = self.get_state(incremental_state)
+        if state is not None:
+            state.reorder(new_order)

@@ -12,9 +12,11 @@ data loading, batching/collation, detokenisation and scoring are outside the clo
 
 Every model is prepared as ``fairseq-generate`` prepares it (``prepare_for_inference_``: no
 attention weights kept, ``--int8-dense`` applied). ``--int8 NAME=WHERE`` sets a model's
-``--int8-dense`` (its dense linear layers in int8); ``--generic NAME`` decodes a model through
-the generic (training-path) decoder step instead of the lean one, to measure what the lean
-path gains; the table's last column names the earlier model whose hypotheses are identical.
+``--int8-dense`` (its dense linear layers in int8); ``--reference-step NAME`` decodes a model
+through the plain-PyTorch decoding step (``model.use_reference_step()``: the reference
+convolution step and explicit attention products instead of the compiled op and the fused
+attention kernel), to measure what they gain; the table's last column names the earlier
+model whose hypotheses are identical.
 
 ``--forced-length`` makes every hypothesis exactly as long as its reference (see
 ``forced_length.py``), so that models decode the same number of steps whatever their
@@ -28,7 +30,6 @@ hypotheses) into ``--out-dir`` and prints the markdown table.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import shlex
 import statistics
@@ -40,7 +41,6 @@ from pathlib import Path
 import torch
 
 from ..compat.quiet import hydra_deprecations_silenced
-from ..modules.fast_decoding import generic_decoding
 from ..timing import machine_description
 from .bleu import both_bleus
 from .progress import Progress
@@ -57,7 +57,6 @@ class BenchModel:
     source: str  # checkpoint path or the random-init options
     params: int = 0
     kmatrix_params: int = 0
-    generic_step: bool = False  # decode through the generic (training-path) decoder step
 
 
 @dataclass
@@ -104,24 +103,11 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
     return total, kmat
 
 
-def register_plugin() -> None:
-    """Register our architectures and checkpoint allow-list with fairseq.
-
-    ``import fairseq_kaleidoscope`` before fairseq (as ``python -m`` of this module does)
-    skips the fairseq part, and fairseq's ``import_user_module`` then sees the package
-    as already imported, so the models are imported explicitly here.
-    """
-    import fairseq  # noqa: F401
-
-    importlib.import_module("fairseq_kaleidoscope.models")
-
-
 def random_model(name: str, data: str, options: str, seed: int) -> BenchModel:
     """A model built from fairseq training options, with fairseq's random initialisation."""
     from fairseq import options as fairseq_options
     from fairseq import tasks
 
-    register_plugin()
     with hydra_deprecations_silenced():
         parser = fairseq_options.get_training_parser()
         args = fairseq_options.parse_args_and_arch(
@@ -136,7 +122,6 @@ def random_model(name: str, data: str, options: str, seed: int) -> BenchModel:
 def load_checkpoint(name: str, data: str, path: str) -> BenchModel:
     from fairseq import checkpoint_utils
 
-    register_plugin()
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path!r} (model {name!r}) does not exist")
     with hydra_deprecations_silenced():
@@ -202,11 +187,7 @@ def decode(
         if forced:
             ensemble.set_lengths((batch["target"].ne(pad).sum(1) - 1).clamp(min=1))
         start, cpu_start = time.perf_counter(), time.thread_time()
-        if bm.generic_step:
-            with generic_decoding():
-                out = gen.generate([bm.model], batch)
-        else:
-            out = gen.generate([bm.model], batch)
+        out = gen.generate([bm.model], batch)
         seconds += time.perf_counter() - start
         cpu_seconds += time.thread_time() - cpu_start
         wanted = batch["target"].ne(pad).sum(1) - 1
@@ -270,19 +251,23 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if len(by_name) != len(models):
         raise SystemExit("decode_bench: model names must be unique")
     int8 = dict(_name_value(spec, "--int8") for spec in args.int8)
-    for name in [*int8, *args.generic]:
+    for name in [*int8, *args.reference_step]:
         if name not in by_name:
-            raise SystemExit(f"decode_bench: --int8/--generic name {name!r} is not a model; models: {list(by_name)}")
+            raise SystemExit(
+                f"decode_bench: --int8/--reference-step name {name!r} is not a model; models: {list(by_name)}"
+            )
     for bm in models:
         bm.model.eval()
         bm.params, bm.kmatrix_params = count_params(bm.model)
-        bm.generic_step = bm.name in args.generic
         if bm.name in int8:
             bm.model.set_int8_dense(int8[bm.name])
             bm.source += f"; --int8-dense {int8[bm.name]}"
         prepare_like_generate(bm.model)
-        if bm.generic_step:
-            bm.source += "; generic decoder step"
+        if bm.name in args.reference_step:
+            if not hasattr(bm.model, "use_reference_step"):
+                raise SystemExit(f"decode_bench: --reference-step {bm.name}: the model has no reference step")
+            bm.model.use_reference_step()
+            bm.source += "; reference decoding step"
     task = models[0].task
     task.load_dataset(args.subset)
     dataset = task.dataset(args.subset)
@@ -392,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run model NAME's dense linear layers in int8 (--int8-dense WHERE: output_projection, encoder, ...)",
     )
     parser.add_argument(
-        "--generic", action="append", default=[], metavar="NAME",
-        help="decode model NAME through the generic (training-path) decoder step",
+        "--reference-step", action="append", default=[], metavar="NAME",
+        help="decode model NAME through the plain-PyTorch reference decoding step",
     )
     parser.add_argument(
         "--setting",
@@ -418,9 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # fairseq's CLI format and level, set before fairseq is imported (one of its task modules
-    # calls logging.basicConfig(level=DEBUG) at import, which would print every library's debug lines).
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    # fairseq's CLI format and level, replacing the root logger set up when fairseq was imported
+    # (one of its task modules calls logging.basicConfig(level=DEBUG), printing every library's debug lines).
+    log_format = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"
+    logging.basicConfig(level=logging.INFO, format=log_format, force=True)
     args = build_parser().parse_args(argv)
     if not args.setting:
         args.setting = [parse_setting("batch1-greedy:1:1"), parse_setting("batch128-beam4:128:4")]

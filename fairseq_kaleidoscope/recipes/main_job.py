@@ -332,9 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # Before fairseq is imported: one of its task modules calls logging.basicConfig(level=DEBUG)
-    # at import, which would print every library's debug lines. The job's progress goes to stderr.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Replaces the root logger set up when fairseq was imported: one of its task modules calls
+    # logging.basicConfig(level=DEBUG), which would print every library's debug lines.
+    # The job's progress goes to stderr.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     run(build_parser().parse_args(argv))
 
 

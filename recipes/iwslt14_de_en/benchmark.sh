@@ -12,7 +12,7 @@
 # Rows: dense fp32; dense with every linear layer in int8 (PyTorch dynamic quantization, what
 # any user can apply); the K-matrix model (KMATRIX_LAYERS); the K-matrix model with its dense
 # remainder (encoder, vocabulary projection) in int8 (--int8-dense INT8_DENSE); and the same
-# K-matrix weights through the generic decoder step (the unoptimised path: identical outputs).
+# K-matrix weights through the plain-PyTorch reference decoding step (identical outputs).
 # Environment: DATA (default data-bin/iwslt14.tokenized.de-en; prepare.sh --bpe-dir
 # ../shared/data/iwslt14.tokenized.de-en makes one from valid/test), OUT (default
 # runs/results/iwslt14_benchmark), KMATRIX_LAYERS (default decoder.all), INT8_DENSE (default
@@ -34,8 +34,8 @@ if [ "${1:-}" = "--trained" ]; then
 else
     KMAT="$ARCH --kmatrix-layers ${KMATRIX_LAYERS:-decoder.all}"
     MODELS=(--random "dense=$ARCH --kmatrix-layers none" --random "dense-int8=$ARCH --kmatrix-layers none"
-            --random "kmatrix=$KMAT" --random "kmatrix-int8=$KMAT" --random "kmatrix-generic=$KMAT"
-            --generic kmatrix-generic --forced-length)
+            --random "kmatrix=$KMAT" --random "kmatrix-int8=$KMAT" --random "kmatrix-reference=$KMAT"
+            --reference-step kmatrix-reference --forced-length)
     TITLE="IWSLT14 De-En test, random-init IWSLT-sized models, forced reference lengths"
 fi
 "$PY" -m fairseq_kaleidoscope.recipes.decode_bench "$DATA" "${MODELS[@]}" --remove-bpe --threads 1 \

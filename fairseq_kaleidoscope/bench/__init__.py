@@ -1,0 +1,1 @@
+"""Benchmarks of the kernels and of K-matrix fitting; run them with ``python -m fairseq_kaleidoscope <command>``."""
