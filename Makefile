@@ -8,11 +8,11 @@ setup:
 
 # The main job: synthetic corpus, tiny dense vs K-matrix DynamicConv, BLEU / time / params table.
 demo: setup
-	$(PY) -m fairseq_kaleidoscope.recipes.main_job
+	$(PY) -m fairseq_kaleidoscope layer-demo
 
 # KaleidoscopeLinear vs nn.Linear on a few sizes (parameters, error, forward time).
 layer-demo: setup
-	$(PY) -m fairseq_kaleidoscope.demo
+	$(PY) -m fairseq_kaleidoscope layer-demo
 
 lint: setup
 	$(PY) -m ruff check .
@@ -22,7 +22,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) benchmarks/kernels.py
+	$(PY) -m fairseq_kaleidoscope bench-kernels
 
 # Compile-checks the CUDA sources with nvcc (no GPU needed); the CPU simulation of the
 # kernels runs in the test suite (tests/test_cuda_sim.py), so it is skipped here.
