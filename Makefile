@@ -8,7 +8,7 @@ setup:
 
 # The main job: synthetic corpus, tiny dense vs K-matrix DynamicConv, BLEU / time / params table.
 demo: setup
-	$(PY) -m fairseq_kaleidoscope layer-demo
+	$(PY) -m fairseq_kaleidoscope demo
 
 # KaleidoscopeLinear vs nn.Linear on a few sizes (parameters, error, forward time).
 layer-demo: setup
