@@ -6,7 +6,7 @@ PY := .venv/bin/python
 setup:
 	bash scripts/setup.sh
 
-# The main job: synthetic corpus, tiny dense vs K-matrix DynamicConv, BLEU / time / params table.
+# The main job: quality of small trained dense vs K-matrix models, speed at the paper's size (docs/results.md).
 demo: setup
 	$(PY) -m fairseq_kaleidoscope demo
 
