@@ -56,26 +56,58 @@ def test_deep_copied_twiddles_still_get_no_weight_decay() -> None:
     assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(1, 0.1), (1, 0.0)]
 
 
-def test_set_lr_scales_each_group() -> None:
+def _fairseq_optimizer(groups: list[dict]) -> object:
+    """A FairseqOptimizer the way our build_optimizer returns it (the scaled set_lr is per instance)."""
+    import types
+
     from fairseq.optim.fairseq_optimizer import FairseqOptimizer
 
     opt = FairseqOptimizer(cfg=None)
-    opt._optimizer = torch.optim.SGD(
+    opt._optimizer = torch.optim.SGD(groups, lr=1.0)
+    opt.set_lr = types.MethodType(optimizer._scaled_set_lr, opt)
+    return opt
+
+
+def test_set_lr_scales_each_group() -> None:
+    opt = _fairseq_optimizer(
         [{"params": [torch.nn.Parameter(torch.zeros(1))]},
-         {"params": [torch.nn.Parameter(torch.zeros(1))], "lr_scale": 4.0}], lr=1.0)  # fmt: skip
+         {"params": [torch.nn.Parameter(torch.zeros(1))], "lr_scale": 4.0}])  # fmt: skip
     opt.set_lr(0.25)
     assert [g["lr"] for g in opt.param_groups] == [0.25, 1.0]
     assert opt.get_lr() == 0.25
 
 
 def test_set_lr_follows_the_parameters_tags_after_a_resume() -> None:
-    from fairseq.optim.fairseq_optimizer import FairseqOptimizer
-
     twiddle = _tagged(1.0, 2.0, 0.0)
-    opt = FairseqOptimizer(cfg=None)
-    opt._optimizer = torch.optim.SGD(optimizer.tagged_param_groups([twiddle], weight_decay=None), lr=1.0)
+    opt = _fairseq_optimizer(optimizer.tagged_param_groups([twiddle], weight_decay=None))
     opt.set_lr(0.5)
     assert opt.param_groups[0]["lr"] == 1.0
     twiddle.optim_overrides = {"optimizer": {"lr_scale": 3.0, "weight_decay_scale": 0.0}}  # new --kmatrix-lr-scale
     opt.set_lr(0.5)
     assert opt.param_groups[0]["lr"] == 1.5
+
+
+def test_composite_optimizer_scales_the_kmatrix_lr_once() -> None:
+    """fairseq's composite optimizer applies lr_scale itself: base x scale, not base x scale²."""
+    from fairseq import optim
+    from fairseq.optim import lr_scheduler
+    from omegaconf import OmegaConf
+
+    from fairseq_kaleidoscope.kmatrix import KaleidoscopeLinear
+    from fairseq_kaleidoscope.modules import KMatrixOptions, make_linear
+
+    layer = make_linear(8, 8, True, KMatrixOptions(lr_scale=3.0))
+    assert isinstance(layer, KaleidoscopeLinear)
+
+    def group() -> dict:
+        return {"optimizer": {"_name": "sgd", "lr": [0.01], "momentum": 0.0, "weight_decay": 0.0},
+                "lr_scheduler": {"_name": "fixed", "lr": [0.01]}}  # fmt: skip
+
+    cfg = OmegaConf.create({"_name": "composite", "dynamic_groups": False,
+                            "groups": {"default": group(), "kmatrix": group()}})  # fmt: skip
+    opt = optim.build_optimizer(cfg, list(layer.parameters()))
+    scheduler = lr_scheduler.build_lr_scheduler(OmegaConf.create({"_name": "pass_through"}), opt)
+    for num_updates in (0, 10):
+        scheduler.step_update(num_updates)
+        lrs = {type(g["params"][0]).__name__: g["lr"] for g in opt.param_groups}
+        assert lrs == {"Parameter": pytest.approx(0.01), "TwiddleParameter": pytest.approx(0.03)}
