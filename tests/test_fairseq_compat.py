@@ -45,15 +45,22 @@ def test_tagged_param_groups_put_untagged_parameters_first() -> None:
     assert (by_param[id(b)]["lr_scale"], by_param[id(b)]["weight_decay"]) == (0.5, 0.1)
 
 
-def test_deep_copied_twiddles_still_get_no_weight_decay() -> None:
+@pytest.mark.parametrize("copy_how", ["deepcopy", "pickle"])
+def test_copied_twiddles_keep_their_lr_scale_and_no_weight_decay(copy_how: str) -> None:
+    """EMA copies, clones and pickles keep the twiddle's options: one mechanism, on the parameter."""
     import copy
+    import pickle
 
+    from fairseq_kaleidoscope.kmatrix import TwiddleParameter
     from fairseq_kaleidoscope.modules import KMatrixOptions, make_linear
 
-    layer = copy.deepcopy(make_linear(8, 8, True, KMatrixOptions(lr_scale=3.0)))
-    assert not hasattr(layer.twiddle, "optim_overrides")  # deepcopy drops instance attributes
+    layer = make_linear(8, 8, True, KMatrixOptions(lr_scale=3.0))
+    layer = copy.deepcopy(layer) if copy_how == "deepcopy" else pickle.loads(pickle.dumps(layer))
+    assert isinstance(layer.twiddle, TwiddleParameter) and layer.twiddle.lr_scale == 3.0
+    assert layer.twiddle.optim_overrides == {"optimizer": {"lr_scale": 3.0, "weight_decay_scale": 0.0}}
+    assert layer.twiddle.param_group == "kmatrix"
     groups = optimizer.tagged_param_groups(layer.parameters(), weight_decay=0.1)
-    assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(1, 0.1), (1, 0.0)]
+    assert [(len(g["params"]), g["lr_scale"], g["weight_decay"]) for g in groups] == [(1, 1.0, 0.1), (1, 3.0, 0.0)]
 
 
 def _fairseq_optimizer(groups: list[dict]) -> object:

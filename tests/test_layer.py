@@ -2,6 +2,7 @@
 
 import copy
 import os
+import pickle
 import subprocess
 import sys
 
@@ -138,9 +139,12 @@ def test_param_groups_leave_twiddles_out_of_weight_decay():
     assert kmat["weight_decay"] == 0.0 and kmat["lr"] == pytest.approx(2e-3)
     assert [p.shape for p in kmat["params"]] == [model[0].twiddle.shape]
     assert all(not is_kmatrix_parameter(p) for p in dense["params"]) and len(dense["params"]) == 3
-    # the tag survives the copies fairseq and users make (EMA, cloning)
-    assert is_kmatrix_parameter(copy.deepcopy(model)[0].twiddle)
-    assert is_kmatrix_parameter(copy.deepcopy(model).double()[0].twiddle)
+    # the tag survives the copies fairseq and users make (EMA, cloning, pickling), its lr_scale too
+    model[0].twiddle.lr_scale = 5.0
+    for copied in (copy.deepcopy(model), copy.deepcopy(model).double(), pickle.loads(pickle.dumps(model))):
+        assert is_kmatrix_parameter(copied[0].twiddle) and copied[0].twiddle.lr_scale == 5.0
+    (kmat_own,) = param_groups(model, weight_decay=0.1, lr=1e-3)[1:]
+    assert kmat_own["lr"] == pytest.approx(5e-3) and kmat_own["weight_decay"] == 0.0
     opt = torch.optim.AdamW(groups, lr=1e-3)
     model(torch.randn(2, 16)).sum().backward()
     opt.step()

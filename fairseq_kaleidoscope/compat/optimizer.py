@@ -29,8 +29,6 @@ from fairseq import optim
 from fairseq.optim.fairseq_optimizer import FairseqOptimizer
 from fairseq.optim.fp16_optimizer import FP16Optimizer
 
-from ..kmatrix import is_kmatrix_parameter
-
 logger = logging.getLogger(__name__)
 
 _original_build_optimizer = None
@@ -38,10 +36,10 @@ _original_fp16_build_optimizer = None
 
 
 def _overrides(p: torch.Tensor) -> tuple[float, float]:
+    # fairseq's tags: a TwiddleParameter derives them from its own options (kept by deepcopy and
+    # pickling); the fp16 optimizer's fp32 copies carry them as plain attributes.
     opt = (getattr(p, "optim_overrides", None) or {}).get("optimizer", {})
-    # A deep copy drops the instance tags but keeps the twiddle's type: still no decay.
-    default_wd_scale = 0.0 if is_kmatrix_parameter(p) else 1.0
-    return float(opt.get("lr_scale", 1.0)), float(opt.get("weight_decay_scale", default_wd_scale))
+    return float(opt.get("lr_scale", 1.0)), float(opt.get("weight_decay_scale", 1.0))
 
 
 def tagged_param_groups(params: Iterable[torch.Tensor], weight_decay: float | None) -> list[dict]:
