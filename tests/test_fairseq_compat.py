@@ -118,3 +118,45 @@ def test_composite_optimizer_scales_the_kmatrix_lr_once() -> None:
         scheduler.step_update(num_updates)
         lrs = {type(g["params"][0]).__name__: g["lr"] for g in opt.param_groups}
         assert lrs == {"Parameter": pytest.approx(0.01), "TwiddleParameter": pytest.approx(0.03)}
+
+
+def _import_plugin_in_a_subprocess(opt_out: str | None) -> str:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+        "from fairseq.data import data_utils\n"
+        "from fairseq import optim\n"
+        "original = data_utils.batch_by_size\n"
+        "import fairseq_kaleidoscope.models\n"
+        "print('batching patched:', data_utils.batch_by_size is not original)\n"
+        "print('optimizer patched:', optim.build_optimizer.__module__ == 'fairseq_kaleidoscope.compat.optimizer')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KALEIDOSCOPE_DISABLE_FAIRSEQ_PATCHES"}
+    if opt_out is not None:
+        env["KALEIDOSCOPE_DISABLE_FAIRSEQ_PATCHES"] = opt_out
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run.stdout + run.stderr
+
+
+def test_each_fairseq_fix_logs_one_line_and_can_be_left_out() -> None:
+    out = _import_plugin_in_a_subprocess(None)
+    for name in ("safe_globals", "optimizer", "batching"):
+        assert out.count(f"fairseq fix '{name}' installed") == 1, out
+    assert "batching patched: True" in out and "optimizer patched: True" in out
+    out = _import_plugin_in_a_subprocess("batching")
+    assert "batching patched: False" in out and "optimizer patched: True" in out
+    assert "fairseq fix 'batching' left out" in out
+    out = _import_plugin_in_a_subprocess("all")
+    assert "batching patched: False" in out and "optimizer patched: False" in out
+
+
+def test_unknown_opt_out_names_are_refused(monkeypatch) -> None:
+    from fairseq_kaleidoscope import compat
+
+    monkeypatch.setenv("KALEIDOSCOPE_DISABLE_FAIRSEQ_PATCHES", "batching,optimiser")
+    with pytest.raises(ValueError, match=r"unknown \['optimiser'\]; use all or safe_globals, optimizer, batching"):
+        compat.disabled_patches()
