@@ -33,7 +33,8 @@ at::Tensor kmatrix_linear_impl(const at::Tensor& x, const at::Tensor& twiddle, c
   TORCH_CHECK_VALUE(out_features >= 1 && out_features <= nstacks * n, "kmatrix_linear: out_features = ",
                     out_features, " is not in [1, nstacks * n = ", nstacks * n, "]");
   TORCH_CHECK_TYPE(x.scalar_type() == twiddle.scalar_type(), "kmatrix_linear: input dtype ", x.scalar_type(),
-                   " differs from the twiddle's (the layer's) ", twiddle.scalar_type(), " (convert one with .to(dtype))");
+                   " differs from the twiddle's (the layer's) ", twiddle.scalar_type(),
+                   " (convert one with .to(dtype))");
   TORCH_CHECK_VALUE(x.device() == twiddle.device(), "kmatrix_linear: input is on ", x.device(),
                     " but the twiddle (the layer) is on ", twiddle.device());
   if (bias.has_value()) {

@@ -58,8 +58,8 @@ at::Tensor aligned_contiguous(const at::Tensor& t) {
 
 void check_supported(const cuda::Shape& shape, const cuda::Device& dev) {
   const char* why = cuda::unsupported_reason(shape, dev);
-  TORCH_CHECK_VALUE(why == nullptr, "butterfly_multiply (CUDA): ", why, " (n = ", shape.n(), ", nstacks = ", shape.nstacks,
-                    ")");
+  TORCH_CHECK_VALUE(why == nullptr, "butterfly_multiply (CUDA): ", why, " (n = ", shape.n(),
+                    ", nstacks = ", shape.nstacks, ")");
 }
 
 void check_launch(cudaError_t err, const char* op) {

@@ -216,7 +216,8 @@ bool run_case(const Case& c, std::mt19937& rng) {
   const bool outputs_ok =
       Elem<D>::ulp > 0 ? within_ulp : err_out <= tol * (1 + scale_out) && err_gin <= tol * (1 + scale_gin);
   const bool ok = outputs_ok && err_tw <= tol * (1 + scale_tw) * std::sqrt(double(c.batch));
-  std::printf("%s %-8s n=%5d nb=%d inc=%d batch=%3lld nstacks=%lld layout=%d bias=%d  P=%lld  err out %.2e grad_in %.2e "
+  std::printf("%s %-8s n=%5d nb=%d inc=%d batch=%3lld nstacks=%lld layout=%d bias=%d  P=%lld  err out %.2e "
+              "grad_in %.2e "
               "grad_tw %.2e\n",
               ok ? "ok  " : "FAIL", Elem<D>::name, n, c.nb, c.inc, static_cast<long long>(c.batch),
               static_cast<long long>(c.nstacks), c.layout, c.bias, static_cast<long long>(ws.blocks_per_stack),
