@@ -61,8 +61,12 @@ def build_optimizer(cfg: object, params: list, *extra_args: object, **extra_kwar
     """``fairseq.optim.build_optimizer`` that turns tagged parameters into their own groups."""
     params = list(params)
     tagged = any(isinstance(p, torch.Tensor) and _overrides(p) != (1.0, 1.0) for p in params)
-    if not tagged or getattr(cfg, "_name", None) == "composite":
+    if not tagged:
         return _original_build_optimizer(cfg, params, *extra_args, **extra_kwargs)
+    if getattr(cfg, "_name", None) == "composite":
+        optimizer = _original_build_optimizer(cfg, params, *extra_args, **extra_kwargs)
+        _warn_if_composite_decays_twiddles(optimizer)
+        return optimizer
     weight_decay = getattr(cfg, "weight_decay", None)
     groups = tagged_param_groups(params, float(weight_decay) if weight_decay is not None else None)
     optimizer = optim._build_optimizer(cfg, groups, *extra_args, **extra_kwargs)
@@ -74,6 +78,20 @@ def build_optimizer(cfg: object, params: list, *extra_args: object, **extra_kwar
                   + (f" wd {g['weight_decay']:g}" if "weight_decay" in g else "") for g in groups),
     )
     return optimizer
+
+
+def _warn_if_composite_decays_twiddles(optimizer: object) -> None:
+    # fairseq 0.12's composite optimizer applies lr_scale but never weight_decay_scale (it tests
+    # `"optimizer_config" in optimizer_config`, which is always false): say so instead of decaying silently.
+    for group in optimizer.param_groups:
+        params = group["params"]
+        if params and _overrides(params[0])[1] == 0.0 and group.get("weight_decay", 0.0) != 0.0:
+            logger.warning(
+                "fairseq_kaleidoscope: --optimizer composite applies weight decay %g to %d K-matrix parameter(s) "
+                "tagged for none (fairseq ignores weight_decay_scale there): set weight_decay: 0.0 in the "
+                "optimizer of their group (param_group 'kmatrix')",
+                group["weight_decay"], len(params),
+            )  # fmt: skip
 
 
 def _scaled_set_lr(self: FairseqOptimizer, lr: float) -> None:
