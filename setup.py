@@ -2,6 +2,7 @@
 
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -33,6 +34,16 @@ def cuda_build() -> dict | None:
                 f"found torch {torch.__version__}, CUDA_HOME={CUDA_HOME}"
             )
     elif not (torch.cuda.is_available() and CUDA_HOME is not None):
+        if torch.version.cuda is not None:  # a CUDA torch, but no CUDA kernels: say so loudly
+            why = "no CUDA toolkit found (set CUDA_HOME)" if CUDA_HOME is None else "torch sees no GPU"
+            bar = "!" * 78
+            print(
+                f"\n{bar}\nfairseq-kaleidoscope: building WITHOUT the CUDA kernels ({why}), although torch "
+                f"{torch.__version__} has CUDA.\nK-matrix layers on CUDA tensors will run the plain-PyTorch "
+                "reference (20-50x slower).\nBuild them with KALEIDOSCOPE_CUDA=1 (needs nvcc); silence this "
+                f"with KALEIDOSCOPE_CUDA=0.\n{bar}\n",
+                file=sys.stderr,
+            )
         return None
     sources = sorted(
         os.path.relpath(p, ROOT) for ext in ("*.cu", "*.cpp") for p in glob.glob(os.path.join(CUDA_DIR, ext))

@@ -13,25 +13,32 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(kaleidoscope, m) {
+  // Each op names the Python module that registers its fake (meta) kernel and autograd formula:
+  // torch imports it when the op is used before it (e.g. torch.ops.kaleidoscope.* called directly).
+  m.set_python_module("fairseq_kaleidoscope.kmatrix.ops");
   // twiddle: (nstacks, nbutterflies, log2 n, n/2, 2, 2); input: (batch, nstacks, n);
   // bias: (nstacks, n) or None. Returns (batch, nstacks, n), contiguous.
   // Conventions: fairseq_kaleidoscope/kmatrix/reference.py.
   m.def("butterfly_multiply(Tensor twiddle, Tensor input, Tensor? bias, bool increasing_stride) -> Tensor");
   // Returns (grad_twiddle, grad_input). The bias gradient is grad.sum(0), left to the caller.
+  // First derivatives only: its own backward (a second derivative) raises.
   m.def(
       "butterfly_multiply_backward(Tensor grad, Tensor twiddle, Tensor input, bool increasing_stride)"
       " -> (Tensor, Tensor)");
+  // KaleidoscopeLinear's forward (pad, stacks, butterflies, bias, keep out_features rows) in one
+  // call: x (..., in_features) with in_features <= n; returns (..., out_features). Differentiable
+  // through butterfly_multiply (csrc/kmatrix_linear.cpp). Reference: kmatrix/reference.py.
+  m.def("kmatrix_linear(Tensor x, Tensor twiddle, Tensor? bias, int out_features) -> Tensor");
+  // CPU kernel selection, for tests and benchmarks: isa in {auto, avx512, avx2, portable},
+  // path in {auto, tiles, small}. get_cpu_kernel returns [isa in use, path, supported isas].
+  // The isa applies to dynconv_step too (which has AVX2 and portable code; avx512 runs AVX2).
+  m.def("set_cpu_kernel(str isa, str path) -> ()");
+  m.def("get_cpu_kernel() -> str[]");
   // One causal dynamic-convolution decoding step (inference only): writes x (B, C) into slot
   // step % K of the ring buffer cache (B, K, C), then returns y (B, C) with
   // y[b, c] = sum_k w[b, h(c), k] * input[step - (K-1) + k][b, c] (positions < 0 skipped),
   // w = softmax over K of logits (B, H, K) or (B, H*K) if softmax, else logits. float32, CPU.
   // Reference: fairseq_kaleidoscope/modules/dynconv_step.py.
+  m.set_python_module("fairseq_kaleidoscope.modules.dynconv_step");
   m.def("dynconv_step(Tensor x, Tensor logits, Tensor(a!) cache, int step, bool softmax) -> Tensor");
-  // CPU kernel selection, for tests and benchmarks: isa in {auto, avx512, avx2, portable},
-  // path in {auto, tiles, small}. get_cpu_kernel returns [isa in use, path, supported isas].
-  // KaleidoscopeLinear's inference forward (pad, stacks, butterflies, bias, keep out_features rows)
-  // in one call; no gradient. x: (..., in_features) with in_features <= n. Returns (..., out_features).
-  m.def("kmatrix_linear(Tensor x, Tensor twiddle, Tensor? bias, int out_features) -> Tensor");
-  m.def("set_cpu_kernel(str isa, str path) -> ()");
-  m.def("get_cpu_kernel() -> str[]");
 }

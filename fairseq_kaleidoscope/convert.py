@@ -243,7 +243,10 @@ def convert(
             raise ConversionError(f"{n} is {type(dense_modules.get(n)).__name__} in {input_path}, not nn.Linear")
     inputs = _record_inputs(dense, targets, task, activations, subset) if activations else {}
     if activations:
-        log(f"recorded {activations} input rows per layer from {data_bin} ({subset})")
+        counts = sorted({r.shape[0] for r in inputs.values()})
+        got = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        short = f" (asked for {activations}; the data has fewer tokens)" if counts[0] < activations else ""
+        log(f"recorded {got} input rows per layer from {data_bin} ({subset}){short}")
 
     new_sd = kmodel.state_dict()
     copied = 0

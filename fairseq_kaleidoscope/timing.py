@@ -33,21 +33,45 @@ def median_seconds(fn: Callable[[], object], warmup: int = 3, repeat: int = 15, 
     return statistics.median(samples)
 
 
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it (falls back to platform.processor())."""
+def _cpuinfo_field(name: str) -> str | None:
+    """The first ``name : value`` line of /proc/cpuinfo (None off Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (falls back to platform.processor())."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+# The instruction-set extensions the kernels (and torch's own CPU kernels) choose between.
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_bf16")
+
+
+def cpu_isa_flags() -> list[str]:
+    """The SIMD extensions of :data:`SIMD_FLAGS` this CPU reports, in that order (empty if unknown)."""
+    flags = set((_cpuinfo_field("flags") or "").split())
+    return [f for f in SIMD_FLAGS if f in flags]
 
 
 def machine_description() -> str:
-    """One line naming the CPU, torch version and intra-op thread count in use."""
-    return f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+    """One line naming the CPU, its SIMD flags, the K-matrix kernels' ISA, torch and the thread count."""
+    parts = [cpu_name(), f"ISA {'+'.join(cpu_isa_flags()) or 'unknown'}"]
+    try:
+        from .kmatrix.cpu_kernel import get_cpu_kernel
+
+        parts.append(f"kernels {get_cpu_kernel()[0]}")
+    except RuntimeError:  # the compiled extension is not built
+        parts.append("kernels: not built")
+    parts += [f"torch {torch.__version__}", f"{torch.get_num_threads()} thread(s)"]
+    return ", ".join(parts)
 
 
 def interleaved_medians(

@@ -6,7 +6,8 @@
 #   3. the kernels executed on the CPU under tests/cuda_sim (blocks, threads, __syncthreads and
 #      shared memory emulated) against a naive double-precision implementation, for every n.
 # Steps whose tool is missing are skipped with a message; any compile error or wrong result
-# makes the script exit non-zero.
+# makes the script exit non-zero, and so does checking nothing at all when CI=true (a CI job
+# that silently lost its nvcc must not stay green).
 #
 # Environment:
 #   NVCC                       nvcc to use (default: nvcc on PATH, else $CUDA_HOME/bin/nvcc)
@@ -117,7 +118,12 @@ fi
 if [[ $status != 0 ]]; then
   echo "CUDA compile check FAILED"
 elif [[ ${#checked[@]} == 0 ]]; then
-  echo "CUDA compile check: every step skipped, nothing was checked"
+  if [[ "${CI:-}" == true || "${CI:-}" == 1 ]]; then
+    echo "CUDA compile check FAILED: every step skipped, nothing was checked (CI=$CI)"
+    status=1
+  else
+    echo "CUDA compile check: every step skipped, nothing was checked"
+  fi
 else
   echo "CUDA compile check passed (${checked[*]})"
 fi

@@ -188,8 +188,9 @@ def test_activations_skip_padding_and_reach_fused_attention(trained: Path, tmp_p
     torch.save({"args": None, "cfg": cfg, "model": model.state_dict(), "optimizer_history": history,
                 "extra_state": {}}, tmp_path / "tf.pt")  # fmt: skip
     layers = "encoder.fc1,decoder.self_attn_q,decoder.attn_k,decoder.output_projection"
+    logged: list[str] = []
     reports = convert(str(tmp_path / "tf.pt"), str(tmp_path / "k.pt"), layers, data_bin=str(trained / "bin"),
-                      activations=10**6, subset="valid", steps=3, restarts=1, log=lambda s: None)  # fmt: skip
+                      activations=10**6, subset="valid", steps=3, restarts=1, log=logged.append)  # fmt: skip
     rows = {r.name: r.rows for r in reports}
     # Each sentence contributes its words plus </s>, on both sides (the target's BOS replaces its EOS).
     lines = (trained / "valid.de").read_text().splitlines()
@@ -197,3 +198,5 @@ def test_activations_skip_padding_and_reach_fused_attention(trained: Path, tmp_p
     assert rows == {"encoder.layers.0.fc1": tokens, "decoder.layers.0.self_attn.q_proj": tokens,
                     "decoder.layers.0.encoder_attn.k_proj": tokens, "decoder.output_projection": tokens}  # fmt: skip
     assert all(r.output_rel_error is not None for r in reports)
+    # The log reports what was recorded, not what was asked for.
+    assert f"recorded {tokens} input rows per layer" in "\n".join(logged) and "asked for 1000000" in "\n".join(logged)

@@ -9,18 +9,17 @@ import itertools
 import pytest
 import torch
 
+from fairseq_kaleidoscope.kmatrix.cpu_kernel import ISAS, PATHS, forced_cpu_kernel, get_cpu_kernel, supported_isas
 from fairseq_kaleidoscope.kmatrix.ops import HAS_EXTENSION, butterfly_multiply
 from fairseq_kaleidoscope.kmatrix.reference import butterfly_multiply_ref
 
 pytestmark = pytest.mark.skipif(not HAS_EXTENSION, reason="compiled extension not built")
 
-if HAS_EXTENSION:
-    from fairseq_kaleidoscope.kmatrix.cpu_kernel import PATHS, forced_cpu_kernel, get_cpu_kernel, supported_isas
 
-    # "auto": tiles for whole tiles, the small-batch path for a remainder under half a tile.
-    KERNELS = [(isa, path) for isa in supported_isas() for path in (*PATHS, "auto")]
-else:  # pragma: no cover
-    KERNELS = []
+# Every instruction set, whatever this CPU has: tests/conftest.py skips the ones it lacks, visibly
+# ("CPU lacks avx512"), or fails them under KALEIDOSCOPE_REQUIRE_ISA.
+# "auto": tiles for whole tiles, the small-batch path for a remainder under half a tile.
+KERNELS = [(isa, path) for isa in ISAS for path in (*PATHS, "auto")]
 
 OPS = torch.ops.kaleidoscope
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
@@ -149,9 +148,9 @@ def test_autograd_through_wrapper() -> None:
 
 def test_selection_errors() -> None:
     before = get_cpu_kernel()
-    with pytest.raises(RuntimeError, match="unknown isa"):
+    with pytest.raises(ValueError, match="unknown isa"):
         OPS.set_cpu_kernel("sse9", "auto")
-    with pytest.raises(RuntimeError, match="unknown path"):
+    with pytest.raises(ValueError, match="unknown path"):
         OPS.set_cpu_kernel("auto", "sideways")
     assert get_cpu_kernel() == before
     assert "portable" in supported_isas()
@@ -171,3 +170,24 @@ def test_forced_kernel_is_restored() -> None:
     with forced_cpu_kernel("portable", "small"):
         assert get_cpu_kernel() == ("portable", "small")
     assert get_cpu_kernel() == before
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_dynconv_step_every_isa(isa: str, batch: int, threads) -> None:
+    """dynconv_step's AVX2 and portable code (set_cpu_kernel's isa chooses), one task and threaded."""
+    from fairseq_kaleidoscope.modules.dynconv_step import dynconv_step_ref
+
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(batch)
+    H, K, C = 4, 7, 64 if batch < 64 else 256  # batch 64 at C=256: enough work for both threads
+    cache = torch.zeros(batch, K, C)
+    cache_ref = cache.clone()
+    with forced_cpu_kernel(isa, "auto"):
+        assert get_cpu_kernel()[0] == isa
+        for step in range(K + 2):  # before and after the ring buffer wraps
+            x, logits = torch.randn(batch, C, generator=g), torch.randn(batch, H, K, generator=g)
+            got = OPS.dynconv_step(x, logits, cache, step, True)
+            want = dynconv_step_ref(x, logits, cache_ref, step, True)
+            assert_close(got, want, f"step {step}")
+            assert torch.equal(cache, cache_ref)

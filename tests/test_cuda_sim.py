@@ -1,7 +1,9 @@
 """The CUDA kernels' logic, run on the CPU: tests/cuda_sim executes csrc/cuda/butterfly_kernels.cuh
-(float32) with emulated blocks, threads, barriers and shared memory and compares forward, grad_input
-and grad_twiddle with a naive implementation for every supported n. Needs only g++ (C++20), so the
-kernels are exercised on machines without a GPU; tests/test_cuda.py covers the real thing."""
+(float32, and float16 / bfloat16 through emulated half types with the GPU's round-to-nearest-even
+conversions) with emulated blocks, threads, barriers and shared memory and compares forward,
+grad_input and grad_twiddle with a naive implementation for every supported n; half outputs must be
+within one ulp. Needs only g++ (C++20, with _Float16), so the kernels, their half load/store code
+included, are exercised on machines without a GPU; tests/test_cuda.py covers the real thing."""
 
 import shutil
 import subprocess
@@ -32,3 +34,4 @@ def test_simulated_kernels_match_naive_implementation(sim_binary: Path, mode: st
     failures = [line for line in run.stdout.splitlines() if not line.startswith("ok")]
     assert run.returncode == 0, "\n".join(failures) + run.stderr
     assert "cases passed" in run.stdout
+    assert "ok   float16 " in run.stdout and "ok   bfloat16" in run.stdout  # the half types ran

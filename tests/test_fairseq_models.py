@@ -282,6 +282,31 @@ def test_trainer_optimizer_scales_lr_and_skips_weight_decay_for_kmatrices(arch: 
         assert dense["lr"] == pytest.approx(lr)
 
 
+def test_fp16_with_flat_gradients_keeps_the_kmatrix_lr_scale_and_no_weight_decay(monkeypatch) -> None:
+    """fairseq's default --fp16 flattens all fp32 master weights into one tensor, which would drop the
+    tags: for tagged models flattening is turned off instead."""
+    from fairseq import optim
+    from fairseq.optim import lr_scheduler
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)  # the flat path asks for a GPU id, nothing more
+    arch = "kaleidoscope_lightconv_iwslt_de_en"
+    argv = ["--arch", arch, *ARCHS[arch], "--kmatrix-lr-scale", "3"]
+    args = options.parse_args_and_arch(options.get_training_parser(), input_args=[
+        "unused-data-dir", *argv, "--cpu", "--fp16", "--optimizer", "adam", "--lr", "0.002",
+        "--weight-decay", "0.01", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10",
+    ])  # fmt: skip
+    cfg = convert_namespace_to_omegaconf(args)
+    assert not cfg.common.fp16_no_flatten_grads
+    model, _ = build_model_from_args(argv, SRC_VOCAB, TGT_VOCAB)
+    opt = optim.FP16Optimizer.build_optimizer(cfg, list(model.half().parameters()))
+    lr = lr_scheduler.build_lr_scheduler(cfg.lr_scheduler, opt).step_update(5)
+    dense, kmat = opt.param_groups
+    ntwiddles = sum(isinstance(m, KaleidoscopeLinear) for m in model.modules())
+    assert len(kmat["params"]) == ntwiddles and all(p.dtype == torch.float32 for p in kmat["params"])
+    assert (dense["weight_decay"], kmat["weight_decay"]) == (0.01, 0.0)
+    assert (dense["lr"], kmat["lr"]) == (pytest.approx(lr), pytest.approx(3 * lr))
+
+
 def test_trainer_optimizer_is_unchanged_for_dense_models() -> None:
     trainer = _trainer("kaleidoscope_lightconv", "--kmatrix-layers", "none")
     (group,) = trainer.optimizer.param_groups

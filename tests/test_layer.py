@@ -2,6 +2,7 @@
 
 import copy
 import os
+import pickle
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from fairseq_kaleidoscope import KaleidoscopeLinear, param_groups
-from fairseq_kaleidoscope.kmatrix import HAS_EXTENSION, is_kmatrix_parameter, ops, uses_compiled_kernel
+from fairseq_kaleidoscope.kmatrix import HAS_EXTENSION, is_kmatrix_parameter, uses_compiled_kernel
+from fairseq_kaleidoscope.kmatrix.reference import kmatrix_linear_ref
 
 SHAPES = [(512, 1024), (1024, 512), (300, 700), (1, 5), (64, 64), (7, 3)]
 
@@ -117,7 +119,7 @@ def test_bad_inputs_raise_clear_errors():
     layer = KaleidoscopeLinear(16, 8)
     with pytest.raises(ValueError, match=r"expected input of shape \(\.\.\., 16\), got \(3, 15\)"):
         layer(torch.randn(3, 15))
-    with pytest.raises(TypeError, match=r"input dtype torch\.float64 differs"):
+    with pytest.raises(TypeError, match=r"input dtype Double differs from the twiddle's \(the layer's\) Float"):
         layer(torch.randn(3, 16, dtype=torch.float64))
     with pytest.raises(ValueError, match="input is on meta"):
         layer(torch.randn(3, 16, device="meta"))
@@ -143,9 +145,12 @@ def test_param_groups_leave_twiddles_out_of_weight_decay():
     assert kmat["weight_decay"] == 0.0 and kmat["lr"] == pytest.approx(2e-3)
     assert [p.shape for p in kmat["params"]] == [model[0].twiddle.shape]
     assert all(not is_kmatrix_parameter(p) for p in dense["params"]) and len(dense["params"]) == 3
-    # the tag survives the copies fairseq and users make (EMA, cloning)
-    assert is_kmatrix_parameter(copy.deepcopy(model)[0].twiddle)
-    assert is_kmatrix_parameter(copy.deepcopy(model).double()[0].twiddle)
+    # the tag survives the copies fairseq and users make (EMA, cloning, pickling), its lr_scale too
+    model[0].twiddle.lr_scale = 5.0
+    for copied in (copy.deepcopy(model), copy.deepcopy(model).double(), pickle.loads(pickle.dumps(model))):
+        assert is_kmatrix_parameter(copied[0].twiddle) and copied[0].twiddle.lr_scale == 5.0
+    (kmat_own,) = param_groups(model, weight_decay=0.1, lr=1e-3)[1:]
+    assert kmat_own["lr"] == pytest.approx(5e-3) and kmat_own["weight_decay"] == 0.0
     opt = torch.optim.AdamW(groups, lr=1e-3)
     model(torch.randn(2, 16)).sum().backward()
     opt.step()
@@ -198,36 +203,72 @@ def test_inference_path_equals_autograd_path(in_f, out_f, mode):
     assert not got.requires_grad
 
 
-needs_linear_op = pytest.mark.skipif(not ops.HAS_LINEAR_OP, reason="compiled kmatrix_linear op not built")
+needs_extension = pytest.mark.skipif(not HAS_EXTENSION, reason="compiled extension not built")
 
 
-@needs_linear_op
+@needs_extension
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("in_f,out_f", [(64, 64), (64, 128), (64, 100), (60, 64), (64, 12), (60, 200), (1, 1)])
-def test_kmatrix_linear_op_equals_the_autograd_path(in_f: int, out_f: int, bias: bool, dtype: torch.dtype) -> None:
+def test_kmatrix_linear_op_equals_the_reference(in_f: int, out_f: int, bias: bool, dtype: torch.dtype) -> None:
+    """The layer's one op, with and without autograd, against the plain-PyTorch reference."""
     layer = KaleidoscopeLinear(in_f, out_f, bias=bias, nblocks=2, init="randn").to(dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
     for shape in [(3, 5, in_f), (in_f,), (0, in_f)]:
         x = torch.randn(*shape, dtype=dtype)
-        want = layer._multiply(x, with_bias=True)
+        want = kmatrix_linear_ref(x, layer.twiddle, layer.bias, out_f)
         with torch.no_grad():
             got = torch.ops.kaleidoscope.kmatrix_linear(x, layer.twiddle, layer.bias, out_f)
-        assert got.shape == want.shape
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert got.shape == want.shape and not got.requires_grad
+        torch.testing.assert_close(got, want.detach(), **tol)
+        torch.testing.assert_close(layer(x), want, **tol)
 
 
-@needs_linear_op
-def test_kmatrix_linear_op_refuses_gradients_and_bad_arguments() -> None:
+@needs_extension
+@pytest.mark.parametrize("in_f,out_f", [(8, 8), (6, 20), (8, 3)])
+def test_kmatrix_linear_op_gradients(in_f: int, out_f: int) -> None:
+    """Training goes through the same op: gradients flow through butterfly_multiply's formula."""
+    layer = KaleidoscopeLinear(in_f, out_f, init="randn", dtype=torch.float64)
+    x = torch.randn(2, 3, in_f, dtype=torch.float64, requires_grad=True)
+    args = (x, layer.twiddle, layer.bias)
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.kaleidoscope.kmatrix_linear(*a, out_f), args)
+
+
+@needs_extension
+def test_kmatrix_linear_op_bad_arguments_raise_typed_errors() -> None:
     layer = KaleidoscopeLinear(16, 24)
     x = torch.randn(2, 16)
-    with pytest.raises(RuntimeError, match="inference and has no gradient"):
-        torch.ops.kaleidoscope.kmatrix_linear(x, layer.twiddle, layer.bias, 24)
-    with torch.no_grad():
-        with pytest.raises(RuntimeError, match="input has 17 features, the K-matrix size is n = 16"):
-            torch.ops.kaleidoscope.kmatrix_linear(torch.randn(2, 17), layer.twiddle, layer.bias, 24)
-        with pytest.raises(RuntimeError, match="out_features = 40"):
-            torch.ops.kaleidoscope.kmatrix_linear(x, layer.twiddle, None, 40)
-        with pytest.raises(RuntimeError, match=r"bias must have shape \(24\)"):
-            torch.ops.kaleidoscope.kmatrix_linear(x, layer.twiddle, torch.zeros(23), 24)
-        with pytest.raises(TypeError, match=r"input dtype torch\.float64 differs"):
-            layer(x.double())  # the layer re-raises the op's failure with the Python check's message
+    op = torch.ops.kaleidoscope.kmatrix_linear
+    with pytest.raises(ValueError, match="input has 17 features, the K-matrix size is n = 16"):
+        op(torch.randn(2, 17), layer.twiddle, layer.bias, 24)
+    with pytest.raises(ValueError, match="out_features = 40"):
+        op(x, layer.twiddle, None, 40)
+    with pytest.raises(ValueError, match=r"bias must have shape \(24\)"):
+        op(x, layer.twiddle, torch.zeros(23), 24)
+    with pytest.raises(TypeError, match=r"input dtype Double differs from the twiddle's \(the layer's\) Float"):
+        op(x.double(), layer.twiddle, layer.bias, 24)
+    with pytest.raises(TypeError, match=r"input dtype Double differs"):
+        layer(x.double())
+    with pytest.raises(ValueError, match="is on meta"):
+        op(x, layer.twiddle.to("meta"), None, 24)  # dispatched to the fake kernel, which checks too
+
+
+def test_reference_fallback_warns_once_per_device_and_dtype():
+    """bf16/fp16 on the CPU have no compiled kernel: say so (once per device and dtype), don't just be slow."""
+    import warnings
+
+    from fairseq_kaleidoscope.kmatrix import ops
+
+    ops._warn_reference_fallback.cache_clear()
+    layer = KaleidoscopeLinear(64, 64)
+    x = torch.randn(2, 64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer(x)  # float32: compiled, no warning
+        for dtype in (torch.bfloat16, torch.bfloat16, torch.float16, torch.float16):
+            y = layer.to(dtype)(x.to(dtype))
+            torch.testing.assert_close(y.float(), layer.float()(x), rtol=0.05, atol=0.05)
+    msgs = [str(w.message) for w in caught if "no compiled K-matrix kernel" in str(w.message)]
+    assert len(msgs) == 2, msgs
+    assert "torch.bfloat16 on cpu" in msgs[0] and "torch.float16 on cpu" in msgs[1]
+    assert "the cpu kernels cover torch.float32, torch.float64" in msgs[0]

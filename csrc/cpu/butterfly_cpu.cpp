@@ -216,8 +216,8 @@ void set_cpu_kernel(std::string isa, std::string path) {
     if (isa == isa_name(k)) i = k;
   for (int k : {kAutoPath, kTiles, kSmall})
     if (path == path_name(k)) p = k;
-  TORCH_CHECK(i >= 0, "set_cpu_kernel: unknown isa '", isa, "'; expected auto, avx512, avx2 or portable");
-  TORCH_CHECK(p >= 0, "set_cpu_kernel: unknown path '", path, "'; expected auto, tiles or small");
+  TORCH_CHECK_VALUE(i >= 0, "set_cpu_kernel: unknown isa '", isa, "'; expected auto, avx512, avx2 or portable");
+  TORCH_CHECK_VALUE(p >= 0, "set_cpu_kernel: unknown path '", path, "'; expected auto, tiles or small");
   TORCH_CHECK(i == kAutoIsa || isa_supported(i), "set_cpu_kernel: this CPU does not support ", isa);
   forced_isa.store(i);
   forced_path.store(p);
@@ -235,6 +235,11 @@ std::vector<std::string> get_cpu_kernel() {
 }
 
 }  // namespace
+
+bool cpu::active_isa_uses_avx2() {
+  const int isa = active_isa();
+  return isa == kAvx512 || isa == kAvx2;
+}
 
 TORCH_LIBRARY_IMPL(kaleidoscope, CPU, m) {
   m.impl("butterfly_multiply", &butterfly_multiply_cpu);

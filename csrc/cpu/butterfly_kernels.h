@@ -45,6 +45,10 @@ struct Kernels {
                          T* dtwiddle);
 };
 
+// Whether the instruction set in use (the CPU's best, or the one set_cpu_kernel forced) has
+// AVX2 and FMA: dynconv_step's choice between its AVX2 and portable code.
+bool active_isa_uses_avx2();
+
 namespace portable {
 extern const Kernels<float> kernels_f32;
 extern const Kernels<double> kernels_f64;

@@ -16,6 +16,8 @@
 #include <cstring>
 #include <vector>
 
+#include "butterfly_kernels.h"
+
 namespace kaleidoscope {
 namespace {
 
@@ -110,9 +112,10 @@ __attribute__((target("avx2,fma"))) void dynconv_rows_avx2(const StepProblem& P,
 
 using RowsFn = void (*)(const StepProblem&, int64_t, int64_t);
 
-RowsFn pick_rows_fn() {
+// Follows set_cpu_kernel's instruction set, so that tests can force the portable code.
+RowsFn rows_fn() {
 #if defined(__x86_64__) || defined(__i386__)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &dynconv_rows_avx2;
+  if (cpu::active_isa_uses_avx2()) return &dynconv_rows_avx2;
 #endif
   return &dynconv_rows_portable;
 }
@@ -160,7 +163,7 @@ at::Tensor dynconv_step_cpu(const at::Tensor& x, const at::Tensor& logits, const
   }
   StepProblem P{xc.const_data_ptr<float>(), lc.const_data_ptr<float>(), cache.data_ptr<float>(),
                 out.data_ptr<float>(),      C,  H,  K,  step, softmax};
-  static const RowsFn rows = pick_rows_fn();
+  const RowsFn rows = rows_fn();
   // Rows of about 2^16 multiply-adds or more per task: at small batches (decoding at batch 1)
   // starting threads costs more than the whole step.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (K * C));

@@ -30,8 +30,8 @@ cuda::DType dtype_of(const at::Tensor& t) {
     case at::kBFloat16:
       return cuda::DType::kBFloat16;
     default:
-      TORCH_CHECK(false, "butterfly_multiply (CUDA): dtype ", t.scalar_type(),
-                  " is not supported; use float32, float16 or bfloat16");
+      TORCH_CHECK_TYPE(false, "butterfly_multiply (CUDA): dtype ", t.scalar_type(),
+                       " is not supported; use float32, float16 or bfloat16");
   }
 }
 
@@ -58,8 +58,8 @@ at::Tensor aligned_contiguous(const at::Tensor& t) {
 
 void check_supported(const cuda::Shape& shape, const cuda::Device& dev) {
   const char* why = cuda::unsupported_reason(shape, dev);
-  TORCH_CHECK(why == nullptr, "butterfly_multiply (CUDA): ", why, " (n = ", shape.n(), ", nstacks = ", shape.nstacks,
-              ")");
+  TORCH_CHECK_VALUE(why == nullptr, "butterfly_multiply (CUDA): ", why, " (n = ", shape.n(),
+                    ", nstacks = ", shape.nstacks, ")");
 }
 
 void check_launch(cudaError_t err, const char* op) {

@@ -50,8 +50,10 @@ def average_checkpoints(paths: Sequence[str]) -> dict:
         for k, v in params.items():
             v = v.float() if v.dtype == torch.half else v
             sums[k] = v.clone() if k not in sums else sums[k] + v
+    # Integer buffers (e.g. step counters) are floor-divided, as fairseq's script does.
     first["model"] = OrderedDict(
-        (k, v / len(paths) if v.is_floating_point() else v) for k, v in sums.items()
+        (k, v / len(paths) if v.is_floating_point() else torch.div(v, len(paths), rounding_mode="floor"))
+        for k, v in sums.items()
     )
     return first
 

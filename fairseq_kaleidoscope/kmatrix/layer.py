@@ -5,18 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .init import init_twiddle_
-from .ops import (
-    CPU_LINEAR_DTYPES,
-    HAS_LINEAR_OP,
-    KMATRIX_LINEAR_OP,
-    butterfly_multiply,
-    butterfly_multiply_no_grad,
-    uses_compiled_kernel,
-)
+from .ops import kmatrix_linear
 from .parameter import TwiddleParameter
 
 
@@ -72,8 +64,6 @@ class KaleidoscopeLinear(nn.Module):
         self.in_features, self.out_features, self.nblocks, self.init = in_features, out_features, nblocks, init
         self.n = next_power_of_two(in_features)
         self.nstacks = -(-out_features // self.n)
-        # No padding and no dropped rows: input and output are views of the kernel's tensors.
-        self._exact = in_features == self.n and out_features == self.nstacks * self.n
         log_n = self.n.bit_length() - 1
         factory = {"device": device, "dtype": dtype}
         self.twiddle = TwiddleParameter(torch.empty(self.nstacks, 2 * nblocks, log_n, self.n // 2, 2, 2, **factory))
@@ -104,82 +94,18 @@ class KaleidoscopeLinear(nn.Module):
             scale = (rows.shape[0] / 3) / rows.abs().square().sum()
             self.twiddle[k].mul_(scale ** (1 / (2 * nfactors)))
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The op cannot see in_features (it pads any input up to n): the one check made here.
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"KaleidoscopeLinear: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
             )
-        if x.dtype != self.twiddle.dtype:
-            raise TypeError(
-                f"KaleidoscopeLinear: input dtype {x.dtype} differs from the layer's {self.twiddle.dtype} "
-                "(convert one with .to(dtype))"
-            )
-        if x.device != self.twiddle.device:
-            raise ValueError(f"KaleidoscopeLinear: input is on {x.device} but the layer is on {self.twiddle.device}")
-
-    def _multiply(self, x: torch.Tensor, with_bias: bool) -> torch.Tensor:
-        n, nstacks, out = self.n, self.nstacks, self.out_features
-        lead = x.shape[:-1]
-        x = x.reshape(-1, self.in_features)
-        if n != self.in_features:
-            x = F.pad(x, (0, n - self.in_features))
-        bias = self.bias if with_bias else None
-        # Fuse the bias into the kernel when no output row is dropped.
-        fused = bias is not None and out == nstacks * n
-        y = butterfly_multiply(
-            self.twiddle, x.unsqueeze(1).expand(-1, nstacks, n), False, bias.view(nstacks, n) if fused else None
-        )
-        y = y.reshape(-1, nstacks * n)
-        if out != nstacks * n:
-            y = y[:, :out]
-        if bias is not None and not fused:
-            y = y + bias
-        return y.reshape(*lead, out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tw = self.twiddle
-        if (  # decoding on the CPU: the whole forward is one compiled op (csrc/kmatrix_linear.cpp)
-            HAS_LINEAR_OP
-            and not torch.is_grad_enabled()
-            and x.is_cpu
-            and x.dtype in CPU_LINEAR_DTYPES
-            and x.dim() > 0
-            and x.shape[-1] == self.in_features
-            and not torch.compiler.is_compiling()
-        ):
-            try:
-                return KMATRIX_LINEAR_OP(x, tw, self.bias, self.out_features)  # type: ignore[misc]
-            except RuntimeError:
-                self._check_input(x)  # a dtype or device mismatch gets the Python error naming it
-                raise
-        if x.dim() == 0 or x.shape[-1] != self.in_features or x.dtype != tw.dtype or x.device != tw.device:
-            self._check_input(x)  # raises, naming the problem
-        if not torch.is_grad_enabled() and uses_compiled_kernel(x) and not torch.compiler.is_compiling():
-            return self._forward_inference(x, tw)
-        return self._multiply(x, with_bias=True)
-
-    def _forward_inference(self, x: torch.Tensor, tw: torch.Tensor) -> torch.Tensor:
-        """Decoding path: one no-grad kernel call, without the autograd kernel and its checks."""
-        n, nstacks, bias = self.n, self.nstacks, self.bias
-        if self._exact:  # input and output are views of the kernel's tensors; the bias is fused
-            rows = x.reshape(-1, 1, n)
-            if nstacks > 1:
-                rows = rows.expand(-1, nstacks, n)
-            y = butterfly_multiply_no_grad(tw, rows, False, None if bias is None else bias.view(nstacks, n))
-            return y.view_as(x) if nstacks == 1 else y.view(*x.shape[:-1], self.out_features)
-        rows = x.reshape(-1, self.in_features)
-        if n != self.in_features:
-            rows = F.pad(rows, (0, n - self.in_features))
-        y = butterfly_multiply_no_grad(tw, rows.unsqueeze(1).expand(-1, nstacks, n), False, None)
-        y = y.view(-1, nstacks * n)[:, : self.out_features]
-        if bias is not None:
-            y = y + bias
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return kmatrix_linear(x, self.twiddle, self.bias, self.out_features)
 
     def to_dense(self) -> torch.Tensor:
         """The ``(out_features, in_features)`` matrix this layer applies (bias excluded)."""
         eye = torch.eye(self.in_features, device=self.twiddle.device, dtype=self.twiddle.dtype)
-        return self._multiply(eye, with_bias=False).t()
+        return kmatrix_linear(eye, self.twiddle, None, self.out_features).t()
 
     def extra_repr(self) -> str:
         return (

@@ -50,3 +50,23 @@ def butterfly_multiply_ref(twiddle: torch.Tensor, x: torch.Tensor, increasing_st
         for k in factor_strides(log_n, increasing):
             x = butterfly_factor_ref(twiddle[:, b, k], x, 1 << k)
     return x
+
+
+def kmatrix_linear_ref(
+    x: torch.Tensor, twiddle: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    """``KaleidoscopeLinear``'s forward (the meaning of ``kaleidoscope::kmatrix_linear``).
+
+    ``x`` (..., in_features) is zero-padded to ``n = 2 * twiddle.shape[3]``, fed to every one of
+    the ``nstacks`` K-matrices (butterflies in decreasing stride order first), the stacked
+    outputs' first ``out_features`` rows are kept and ``bias`` (``out_features``,) is added.
+    """
+    nstacks, n = twiddle.shape[0], 2 * twiddle.shape[3]
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[-1] != n:
+        rows = torch.nn.functional.pad(rows, (0, n - rows.shape[-1]))
+    y = butterfly_multiply_ref(twiddle, rows.unsqueeze(1).expand(-1, nstacks, n), False)
+    y = y.reshape(-1, nstacks * n)[:, :out_features]
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*x.shape[:-1], out_features)

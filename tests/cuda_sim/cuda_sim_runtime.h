@@ -40,6 +40,45 @@ struct dim3 {
 struct float4 {
   float x, y, z, w;
 };
+struct float2 {
+  float x, y;
+};
+struct uint2 {
+  unsigned x, y;
+};
+
+// Emulated CUDA half types: the storage format (16 bits) and the conversions the kernels use,
+// rounding to nearest even like __float2half_rn / __float2bfloat16_rn, so that the simulation
+// executes the kernels' half load/store code with the same rounding as the GPU.
+struct __half {
+  _Float16 v;
+};
+struct __half2 {
+  __half x, y;
+};
+struct __nv_bfloat16 {
+  unsigned short bits;
+};
+struct __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+inline float __half2float(__half h) { return static_cast<float>(h.v); }
+inline __half __float2half_rn(float f) { return __half{static_cast<_Float16>(f)}; }  // IEEE: nearest even
+inline float2 __half22float2(__half2 h) { return {__half2float(h.x), __half2float(h.y)}; }
+inline float __bfloat162float(__nv_bfloat16 b) {
+  const unsigned bits = static_cast<unsigned>(b.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  unsigned bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return {static_cast<unsigned short>((bits >> 16) | 0x40u)};  // quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest, ties to even
+  return {static_cast<unsigned short>(bits >> 16)};
+}
+inline float2 __bfloat1622float2(__nv_bfloat162 b) { return {__bfloat162float(b.x), __bfloat162float(b.y)}; }
 
 namespace ks_sim {
 enum class Mode { kFibers, kFibersReversed, kThreads };

@@ -1,8 +1,10 @@
-// Runs the CUDA butterfly kernels (csrc/cuda/butterfly_kernels.cuh, float32 instantiation)
-// on the CPU simulation of tests/cuda_sim/cuda_sim_runtime.h and compares them with a naive
-// double-precision implementation of the conventions in fairseq_kaleidoscope/kmatrix/reference.py:
-// forward (bias, strided and expanded inputs), grad_input and grad_twiddle, for every n the
-// kernels support and every launch configuration. Exit status 0 iff all cases agree.
+// Runs the CUDA butterfly kernels (csrc/cuda/butterfly_kernels.cuh: float32, and float16 and
+// bfloat16 with emulated half types) on the CPU simulation of tests/cuda_sim/cuda_sim_runtime.h
+// and compares them with a naive double-precision implementation of the conventions in
+// fairseq_kaleidoscope/kmatrix/reference.py: forward (bias, strided and expanded inputs),
+// grad_input and grad_twiddle, for every n the kernels support and every launch configuration.
+// Half types: the reference runs on the same rounded inputs, and the outputs must be within one
+// ulp of it (float32 arithmetic, one rounding at the store). Exit status 0 iff all cases agree.
 // Built and run by scripts/check_cuda_compile.sh.
 #include <cmath>
 #include <cstdio>
@@ -15,6 +17,42 @@
 using namespace kaleidoscope::cuda;
 
 namespace {
+
+// Element types: rounding from float, and the unit roundoff bound of one output (0: float32).
+template <typename D>
+struct Elem;
+template <>
+struct Elem<float> {
+  static float to(float f) { return f; }
+  static float from(float d) { return d; }
+  static constexpr double ulp = 0;
+  static constexpr const char* name = "float32";
+};
+template <>
+struct Elem<__half> {
+  static __half to(float f) { return __float2half_rn(f); }
+  static float from(__half d) { return __half2float(d); }
+  static constexpr double ulp = 0x1p-10;  // ulp(x) <= 2^-10 |x| (11 significant bits)
+  static constexpr const char* name = "float16";
+};
+template <>
+struct Elem<__nv_bfloat16> {
+  static __nv_bfloat16 to(float f) { return __float2bfloat16_rn(f); }
+  static float from(__nv_bfloat16 d) { return __bfloat162float(d); }
+  static constexpr double ulp = 0x1p-7;  // 8 significant bits
+  static constexpr const char* name = "bfloat16";
+};
+
+// Round every value to D (the reference then sees exactly what the kernel reads); return D copies.
+template <typename D>
+std::vector<D> round_to(std::vector<float>& v) {
+  std::vector<D> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    out[i] = Elem<D>::to(v[i]);
+    v[i] = Elem<D>::from(out[i]);
+  }
+  return out;
+}
 
 struct Case {
   int log_n, nb;
@@ -58,6 +96,7 @@ double max_abs(const std::vector<double>& v) {
   return m;
 }
 
+template <typename D>
 bool run_case(const Case& c, std::mt19937& rng) {
   const int n = 1 << c.log_n;
   const Shape shape{c.batch, c.nstacks, c.log_n, c.nb, c.inc};
@@ -95,16 +134,27 @@ bool run_case(const Case& c, std::mt19937& rng) {
   for (float& v : bias) v = uni(rng);
   for (float& v : grad) v = uni(rng);
 
-  std::vector<float> out(c.batch * c.nstacks * n, NAN);
-  cudaError_t err = detail::forward_typed<float>(shape, in_store.data(), st, tw.data(), c.bias ? bias.data() : nullptr,
-                                                 out.data(), dev, nullptr);
+  const std::vector<D> tw_d = round_to<D>(tw), in_d = round_to<D>(in_store), bias_d = round_to<D>(bias),
+                       grad_d = round_to<D>(grad);
+  std::vector<D> out_d(c.batch * c.nstacks * n, Elem<D>::to(NAN)), grad_in_d(out_d);
+  cudaError_t err = detail::forward_typed<D>(shape, in_d.data(), st, tw_d.data(), c.bias ? bias_d.data() : nullptr,
+                                             out_d.data(), dev, nullptr);
   const BackwardWorkspace ws = detail::backward_workspace_impl(shape, dev);
   std::vector<float> partial(ws.partial_floats, 0.f), scratch(ws.scratch_floats, NAN);
-  std::vector<float> grad_in(c.batch * c.nstacks * n, NAN);
   if (err == cudaSuccess) {
-    err = detail::backward_typed<float>(shape, grad.data(), in_store.data(), st, tw.data(), grad_in.data(),
-                                        partial.data(), scratch.data(), dev, nullptr);
+    err = detail::backward_typed<D>(shape, grad_d.data(), in_d.data(), st, tw_d.data(), grad_in_d.data(),
+                                    partial.data(), scratch.data(), dev, nullptr);
   }
+  std::vector<float> out(out_d.size()), grad_in(grad_in_d.size());
+  for (size_t i = 0; i < out.size(); ++i) out[i] = Elem<D>::from(out_d[i]), grad_in[i] = Elem<D>::from(grad_in_d[i]);
+  // Half types: each output within one ulp of the reference (ulp(x) <= Elem<D>::ulp * |x|), plus
+  // the float32 arithmetic of up to ~80 factors on O(1) values. Rounding after every factor fails.
+  bool within_ulp = true;
+  const auto check_ulp = [&](double got, double ref, double scale) {
+    if (Elem<D>::ulp > 0 && !(std::abs(got - ref) <= Elem<D>::ulp * std::abs(ref) + 2e-5 * (1 + scale))) {
+      within_ulp = false;
+    }
+  };
   if (err != cudaSuccess) {
     std::printf("launch error %d\n", err);
     return false;
@@ -122,6 +172,7 @@ bool run_case(const Case& c, std::mt19937& rng) {
         const double ref = acts.back()[i] + (c.bias ? bias[s * n + i] : 0.0);
         err_out = std::max(err_out, std::abs(out[r + i] - ref));
         scale_out = std::max(scale_out, std::abs(ref));
+        check_ulp(out[r + i], ref, max_abs(acts.back()));
       }
       std::vector<double> g(grad.begin() + r, grad.begin() + r + n);
       int f = c.nb * c.log_n - 1;
@@ -144,9 +195,11 @@ bool run_case(const Case& c, std::mt19937& rng) {
           }
         }
       }
+      const double row_scale_gin = max_abs(g);
       for (int i = 0; i < n; ++i) {
         err_gin = std::max(err_gin, std::abs(grad_in[r + i] - g[i]));
         scale_gin = std::max(scale_gin, std::abs(g[i]));
+        check_ulp(grad_in[r + i], g[i], row_scale_gin);
       }
     }
   }
@@ -159,11 +212,14 @@ bool run_case(const Case& c, std::mt19937& rng) {
   const double scale_tw = max_abs(gtw);
   // float32 arithmetic over up to ~80 factors; NaN compares false, so it fails too.
   const double tol = 1e-4;
-  const bool ok = err_out <= tol * (1 + scale_out) && err_gin <= tol * (1 + scale_gin) &&
-                  err_tw <= tol * (1 + scale_tw) * std::sqrt(double(c.batch));
-  std::printf("%s n=%5d nb=%d inc=%d batch=%3lld nstacks=%lld layout=%d bias=%d  P=%lld  err out %.2e grad_in %.2e "
+  // (grad_twiddle stays float32 here: the glue sums the partials and rounds once, on the GPU.)
+  const bool outputs_ok =
+      Elem<D>::ulp > 0 ? within_ulp : err_out <= tol * (1 + scale_out) && err_gin <= tol * (1 + scale_gin);
+  const bool ok = outputs_ok && err_tw <= tol * (1 + scale_tw) * std::sqrt(double(c.batch));
+  std::printf("%s %-8s n=%5d nb=%d inc=%d batch=%3lld nstacks=%lld layout=%d bias=%d  P=%lld  err out %.2e "
+              "grad_in %.2e "
               "grad_tw %.2e\n",
-              ok ? "ok  " : "FAIL", n, c.nb, c.inc, static_cast<long long>(c.batch),
+              ok ? "ok  " : "FAIL", Elem<D>::name, n, c.nb, c.inc, static_cast<long long>(c.batch),
               static_cast<long long>(c.nstacks), c.layout, c.bias, static_cast<long long>(ws.blocks_per_stack),
               err_out, err_gin, err_tw);
   return ok;
@@ -189,8 +245,12 @@ int main(int argc, char** argv) {
       Case c{log_n, 1 + idx % 4, (idx / 2) % 2 == 0, batches[idx % 3], 1 + (v % 3), v % 3, v % 2 == 0};
       if (log_n >= 11) c.batch = std::min<int64_t>(c.batch, 3);  // keep the simulation quick
       if (ks_sim::mode == ks_sim::Mode::kThreads && log_n >= 11 && v >= 2) continue;  // slow mode
-      failures += !run_case(c, rng);
+      failures += !run_case<float>(c, rng);
       ++count;
+      if (v < 2) {  // the half types: the same launch configurations, fewer cases
+        failures += !run_case<__half>(c, rng) + !run_case<__nv_bfloat16>(c, rng);
+        count += 2;
+      }
     }
   }
   // Blocks that loop over several tiles (P < tiles) reuse their shared accumulator, scratch and
@@ -198,7 +258,7 @@ int main(int argc, char** argv) {
   if (max_log_n >= 12) {
     const Case extra[] = {{6, 2, false, 1500, 1, 0, true}, {12, 2, false, 21, 1, 1, false}};
     for (const Case& c : extra) {
-      failures += !run_case(c, rng);
+      failures += !run_case<float>(c, rng);
       ++count;
     }
   }
