@@ -13,7 +13,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ..kmatrix import KaleidoscopeLinear
@@ -90,20 +89,8 @@ def make_linear(in_features: int, out_features: int, bias: bool, kmatrix: KMatri
     k = KaleidoscopeLinear(in_features, out_features, bias=bias, nblocks=kmatrix.nblocks, init=kmatrix.init)
     if bias:
         nn.init.zeros_(k.bias)
-    tag_kmatrix_parameter(k.twiddle, kmatrix.lr_scale)
+    k.twiddle.lr_scale = kmatrix.lr_scale  # the twiddle's own optimizer option (no weight decay is implied)
     return k
-
-
-def tag_kmatrix_parameter(p: torch.Tensor, lr_scale: float) -> None:
-    """Mark a twiddle for the optimizer: no weight decay, learning rate × ``lr_scale``.
-
-    ``param_group``/``optim_overrides`` are fairseq's own per-parameter tags (honoured by
-    ``--optimizer composite`` and copied by its fp16 wrappers); ``compat.optimizer``
-    makes the ordinary single optimizers honour them too. (The twiddle's own type,
-    ``TwiddleParameter``, already carries ``_optim = {"weight_decay": 0.0}``.)
-    """
-    p.param_group = "kmatrix"
-    p.optim_overrides = {"optimizer": {"lr_scale": float(lr_scale), "weight_decay_scale": 0.0}}
 
 
 def replace_linear(parent: nn.Module, attr: str, kmatrix: KMatrixOptions) -> None:
