@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -188,7 +189,7 @@ def combine(quality: dict, speed: dict, seconds: float, args: argparse.Namespace
         "kernel_isa": get_cpu_kernel()[0],
         "threads": 1,
         "seconds": seconds,
-        "command": "python -m fairseq_kaleidoscope.recipes.main_job " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m fairseq_kaleidoscope demo", *map(shlex.quote, args.argv)]).strip(),
         "quality_models": quality["models"],
         "speed_models": speed["models"],
         "quality_width": args.embed_dim,
@@ -211,7 +212,7 @@ def markdown(report: dict) -> str:
         )
     lines += [
         "",
-        f"- machine: {report['machine']}; butterfly kernels: {report['kernel_isa']}; decoding on 1 thread",
+        f"- machine: {report['machine']}; decoding on 1 thread",
         f"- quality: models trained here, test set ({report['quality_sentences']} sentences), natural decoding",
         f"- speed: {SPEED_ARCH}, random weights, {report['speed_sentences']} test sentences, each forced to its "
         "reference's length (same decoder steps for every model); median of interleaved runs",
@@ -264,7 +265,7 @@ def plot(report: dict, path: Path) -> None:
         ax.margins(y=0.2)
     ax_q.set_title(f"quality: trained, width {report['quality_width']}, beam 4", fontsize=10)
     ax_s.set_title("speed: paper's size (width 512), batch 1 greedy", fontsize=10)
-    fig.suptitle(f"fairseq-kaleidoscope main job — {report['machine']}, kernels {report['kernel_isa']}", fontsize=9)
+    fig.suptitle(f"fairseq-kaleidoscope main job — {report['machine']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -336,7 +337,9 @@ def main(argv: list[str] | None = None) -> None:
     # logging.basicConfig(level=DEBUG), which would print every library's debug lines.
     # The job's progress goes to stderr.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
-    run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # for the report's command line
+    run(args)
 
 
 if __name__ == "__main__":
