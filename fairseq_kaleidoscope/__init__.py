@@ -13,4 +13,7 @@ __all__ = ["KaleidoscopeLinear", "butterfly_multiply", "param_groups"]
 __version__ = "0.1.0"
 
 if importlib.util.find_spec("fairseq") is not None:
-    from . import models  # noqa: F401  (registers the architectures)
+    from ._root_logger import root_logger_untouched
+
+    with root_logger_untouched():
+        from . import models  # noqa: F401  (registers the architectures)

@@ -1,5 +1,6 @@
 """Importing the package registers the fairseq models whatever the import order, and needs no fairseq."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -42,3 +43,21 @@ def test_package_imports_without_fairseq() -> None:
         "print(tuple(layer(torch.randn(2, 8)).shape))\n"
     )
     assert _run(code) == "(2, 8)"
+
+
+def test_importing_the_package_leaves_the_root_logger_alone() -> None:
+    """fairseq's import calls logging.basicConfig(level=DEBUG); a plain PyTorch user must not get it."""
+    pytest.importorskip("fairseq")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop("KALEIDOSCOPE_DISABLE_FAIRSEQ_PATCHES", None)
+    code = (
+        "import logging\n"
+        "import fairseq_kaleidoscope\n"
+        "from fairseq.models import ARCH_MODEL_REGISTRY\n"
+        "assert 'kaleidoscope_lightconv' in ARCH_MODEL_REGISTRY\n"
+        "print(logging.getLogger().level, len(logging.getLogger().handlers))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(logging.WARNING), "0"]
+    assert "DEBUG" not in out.stderr and "INFO" not in out.stderr, out.stderr
