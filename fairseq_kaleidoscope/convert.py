@@ -23,6 +23,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -164,7 +165,9 @@ def _record_inputs(dense: nn.Module, names: Sequence[str], task: object, count: 
             task.dataset(subset), max_tokens=4096, max_positions=dense.max_positions(), seed=1
         ).next_epoch_itr(shuffle=True)
         dense.eval()
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # fairseq's data loader asks for pinned memory on a CPU-only machine too.
+            warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true but no accelerator")
             for sample in itr:
                 if min(seen.values()) >= count:
                     break
