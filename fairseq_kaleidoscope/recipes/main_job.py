@@ -98,7 +98,9 @@ def train_command(args: argparse.Namespace, data: Path, save: Path, kmatrix_laye
     cmd += ["--encoder-layers", str(args.layers), "--decoder-layers", str(args.layers)]
     cmd += ["--encoder-attention-heads", "4", "--decoder-attention-heads", "4"]
     cmd += ["--encoder-kernel-size-list", kernels, "--decoder-kernel-size-list", kernels]
-    cmd += ["--share-all-embeddings", "--dropout", str(args.dropout), "--weight-decay", "0.0001"]
+    if args.share_embeddings:
+        cmd += ["--share-all-embeddings"]
+    cmd += ["--dropout", str(args.dropout), "--weight-decay", "0.0001"]
     cmd += ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", str(args.lr), "--clip-norm", "0"]
     cmd += ["--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(args.warmup), "--warmup-init-lr", "1e-07"]
     cmd += ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
@@ -316,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-dim", type=int, default=64, help="width of the trained (quality) models")
     p.add_argument("--layers", type=int, default=3, choices=[1, 2, 3, 4])
     p.add_argument("--kmatrix-layers", default="decoder.all")
+    p.add_argument("--no-share-embeddings", dest="share_embeddings", action="store_false",
+                   help="separate embeddings (for --data-bin with a dictionary per language)")
     p.add_argument("--kmatrix-lr-scale", type=float, default=3.0, help="chosen on validation BLEU at this budget")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=0.003)
