@@ -133,13 +133,13 @@ def _record_inputs(dense: nn.Module, names: Sequence[str], task: object, count: 
     """Up to ``count`` input rows of each named linear layer (padding left out), from the dense model on data."""
     from fairseq.modules import MultiheadAttention
 
+    from .compat.fairseq_private import route_attention_through_projections
+
     modules = dict(dense.named_modules())
     for n in names:
         parent = modules[n.rpartition(".")[0]]
-        if isinstance(parent, MultiheadAttention):
-            # fairseq's fused attention reads q_proj.weight etc. without calling the modules
-            # (so hooks would never fire); this flag routes it through them, same result.
-            parent._set_skip_embed_dim_check()
+        if isinstance(parent, MultiheadAttention):  # so that the hooks below fire
+            route_attention_through_projections(parent)
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     seen = dict.fromkeys(names, 0)
     current: dict = {}

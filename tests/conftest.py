@@ -1,4 +1,8 @@
-"""Shared test settings.
+"""Shared test settings and tiny-model builders.
+
+Tiny fairseq models: :func:`tiny_model_args` is the command line of a small model of one of
+our architectures (tests import it: ``from conftest import tiny_model_args``) and
+:func:`build_tiny_model` builds one with dummy dictionaries.
 
 Tests parametrised over ``isa`` (``avx512``, ``avx2``, ``portable``) skip, visibly, the
 instruction sets this CPU lacks ("CPU lacks avx512"). Set ``KALEIDOSCOPE_REQUIRE_ISA`` to a
@@ -11,8 +15,45 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+
+
+def tiny_model_args(
+    arch: str | None = None,
+    *,
+    dim: int = 32,
+    layers: tuple[int, int] = (1, 2),
+    heads: int = 2,
+    kernels: tuple[str, str] = ("[3]", "[3,7]"),
+) -> list[str]:
+    """fairseq options of a tiny model: embeddings ``dim``, FFN ``2 * dim``, (encoder, decoder)
+    ``layers``, ``heads`` on both sides; the (encoder, decoder) kernel-size lists ``kernels``
+    unless ``arch`` is a transformer. ``--arch arch`` comes first when ``arch`` is given."""
+    args = ["--arch", arch] if arch else []
+    for side, n in zip(("encoder", "decoder"), layers, strict=True):
+        args += [f"--{side}-embed-dim", str(dim), f"--{side}-ffn-embed-dim", str(2 * dim),
+                 f"--{side}-layers", str(n), f"--{side}-attention-heads", str(heads)]  # fmt: skip
+    if arch is None or "transformer" not in arch:
+        args += ["--encoder-kernel-size-list", kernels[0], "--decoder-kernel-size-list", kernels[1]]
+    return args
+
+
+def build_tiny_model(
+    arch: str, *extra: str, vocab: int | tuple[int, int] = 30, seed: int | None = None, **size: Any
+) -> tuple[Any, Any]:
+    """``(model, cfg.model)`` of ``tiny_model_args(arch, **size)`` plus ``extra`` options, with dummy
+    dictionaries of ``vocab`` symbols (or (source, target) sizes), after ``torch.manual_seed(seed)``."""
+    import torch
+
+    from fairseq_kaleidoscope.models.builder import build_model_from_args
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    src, tgt = vocab if isinstance(vocab, tuple) else (vocab, vocab)
+    return build_model_from_args([*tiny_model_args(arch, **size), *extra], src, tgt)
+
 
 KNOWN_ISAS = ("avx512", "avx2", "portable")
 _ALIASES = {"avx512f": "avx512"}

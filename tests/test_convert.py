@@ -11,18 +11,16 @@ import torch
 
 pytest.importorskip("fairseq")
 
+from conftest import tiny_model_args
+
 import fairseq_kaleidoscope
 from fairseq_kaleidoscope.convert import ConversionError, convert
 
 BIN = Path(sys.executable).parent
 USER_DIR = os.path.dirname(os.path.abspath(fairseq_kaleidoscope.__file__))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-MODEL = [
-    "--arch", "kaleidoscope_lightconv_iwslt_de_en", "--encoder-layers", "1", "--decoder-layers", "1",
-    "--encoder-kernel-size-list", "[3]", "--decoder-kernel-size-list", "[3]", "--encoder-embed-dim", "16",
-    "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
-    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-]  # fmt: skip
+SIZE = {"dim": 16, "layers": (1, 1), "kernels": ("[3]", "[3]")}
+MODEL = tiny_model_args("kaleidoscope_lightconv_iwslt_de_en", **SIZE)
 
 
 def run(script: str, *args: str, cwd: Path) -> str:
@@ -133,7 +131,7 @@ def test_stock_fairseq_lightconv_checkpoint(tmp_path: Path) -> None:
 
     from fairseq_kaleidoscope.models.builder import build_model_from_args
 
-    argv = ["--arch", "lightconv_iwslt_de_en", *MODEL[2:]]
+    argv = tiny_model_args("lightconv_iwslt_de_en", **SIZE)
     model, _ = build_model_from_args(argv, 20)
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), ["x", *argv]))
     history = [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "Adam", "lr_scheduler_state": {},
@@ -179,7 +177,7 @@ def test_activations_skip_padding_and_reach_fused_attention(trained: Path, tmp_p
     from fairseq_kaleidoscope.models.builder import build_model_from_args
 
     src, tgt = (Dictionary.load(str(trained / "bin" / f"dict.{lang}.txt")) for lang in ("de", "en"))
-    argv = ["--arch", "kaleidoscope_transformer_iwslt_de_en", *MODEL[2:6], *MODEL[10:], "--kmatrix-layers", "none"]
+    argv = [*tiny_model_args("kaleidoscope_transformer_iwslt_de_en", **SIZE), "--kmatrix-layers", "none"]
     model, _ = build_model_from_args(argv, src, tgt)
     args = options.parse_args_and_arch(options.get_training_parser(), [str(trained / "bin"), *argv])
     cfg = OmegaConf.to_container(convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True)

@@ -20,12 +20,11 @@ import torch.multiprocessing as mp
 
 pytest.importorskip("fairseq")
 
+from conftest import tiny_model_args
+
 ARGS = [
-    "--arch", "kaleidoscope_lightconv", "--kmatrix-layers", "encoder.ffn,decoder.all",
-    "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
-    "--decoder-ffn-embed-dim", "32", "--encoder-layers", "1", "--decoder-layers", "1",
-    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-    "--encoder-kernel-size-list", "[3]", "--decoder-kernel-size-list", "[5]", "--dropout", "0.1",
+    *tiny_model_args("kaleidoscope_lightconv", dim=16, layers=(1, 1), kernels=("[3]", "[5]")),
+    "--kmatrix-layers", "encoder.ffn,decoder.all", "--dropout", "0.1",
 ]  # fmt: skip
 VOCAB = 20
 

@@ -16,23 +16,19 @@ import torch
 
 pytest.importorskip("fairseq")
 
+from conftest import tiny_model_args
+
 import fairseq_kaleidoscope
 
 BIN = Path(sys.executable).parent
 USER_DIR = os.path.dirname(os.path.abspath(fairseq_kaleidoscope.__file__))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
+# Per architecture: tiny_model_args options (the lightconv's decoder kernel reaches back 14 tokens).
 TINY = {
-    "kaleidoscope_lightconv_iwslt_de_en": [
-        "--encoder-layers", "1", "--decoder-layers", "2", "--encoder-kernel-size-list", "[3]",
-        "--decoder-kernel-size-list", "[3,15]",
-    ],
-    "kaleidoscope_transformer_iwslt_de_en": ["--encoder-layers", "1", "--decoder-layers", "1"],
-}  # fmt: skip
-COMMON_MODEL = [
-    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
-    "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-]  # fmt: skip
+    "kaleidoscope_lightconv_iwslt_de_en": {"kernels": ("[3]", "[3,15]")},
+    "kaleidoscope_transformer_iwslt_de_en": {"layers": (1, 1)},
+}
 
 
 def run(script: str, *args: str, stdin: str | None = None, cwd: Path) -> str:
@@ -63,7 +59,7 @@ def data_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def train(root: Path, arch: str, save_dir: str, *extra: str) -> str:
     return run(
-        "fairseq-train", "bin", "--user-dir", USER_DIR, "--arch", arch, *COMMON_MODEL, *TINY[arch],
+        "fairseq-train", "bin", "--user-dir", USER_DIR, *tiny_model_args(arch, **TINY[arch]),
         "--optimizer", "adam", "--lr", "0.002", "--weight-decay", "0.01", "--kmatrix-lr-scale", "2",
         "--max-tokens", "1200", "--max-epoch", "2", "--save-dir", save_dir, "--cpu", "--num-workers", "0",
         "--no-progress-bar", "--seed", "1", *extra, cwd=root,

@@ -7,6 +7,7 @@ import torch
 
 pytest.importorskip("fairseq")
 
+from conftest import build_tiny_model, tiny_model_args
 from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.trainer import Trainer
@@ -20,24 +21,7 @@ from fairseq_kaleidoscope.models.builder import (
     dummy_dictionary,
 )
 
-TINY_LIGHTCONV = [
-    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
-    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-    "--encoder-layers", "1", "--decoder-layers", "2",
-    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-    "--encoder-kernel-size-list", "[3]", "--decoder-kernel-size-list", "[3,7]",
-]  # fmt: skip
-TINY_TRANSFORMER = [
-    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
-    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-    "--encoder-layers", "1", "--decoder-layers", "2",
-    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-]  # fmt: skip
-ARCHS = {
-    "kaleidoscope_lightconv_iwslt_de_en": TINY_LIGHTCONV,
-    "kaleidoscope_lightconv": TINY_LIGHTCONV,
-    "kaleidoscope_transformer_iwslt_de_en": TINY_TRANSFORMER,
-}
+ARCHS = ("kaleidoscope_lightconv_iwslt_de_en", "kaleidoscope_lightconv", "kaleidoscope_transformer_iwslt_de_en")
 SRC_VOCAB, TGT_VOCAB = 30, 26
 
 # Module path (inside one layer) of every sub-layer name.
@@ -55,7 +39,7 @@ TRANSFORMER_PATHS = {
 
 
 def build(arch: str, *extra: str):
-    return build_model_from_args(["--arch", arch, *ARCHS[arch], *extra], SRC_VOCAB, TGT_VOCAB)
+    return build_tiny_model(arch, *extra, vocab=(SRC_VOCAB, TGT_VOCAB))
 
 
 def kmatrix_paths(model: torch.nn.Module) -> set[str]:
@@ -140,7 +124,7 @@ def test_iwslt_architecture_is_fairseqs_lightconv_iwslt_without_glu() -> None:
 
 def test_dense_model_computes_what_fairseqs_lightconv_computes() -> None:
     """Same parameter names and outputs as fairseq's lightconv (sequences at least as long as the kernels)."""
-    common = ["--dropout", "0", "--weight-dropout", "0", "--attention-dropout", "0", *TINY_LIGHTCONV]
+    common = ["--dropout", "0", "--weight-dropout", "0", "--attention-dropout", "0", *tiny_model_args()]
     torch.manual_seed(0)
     theirs, _ = build_model_from_args(["--arch", "lightconv_iwslt_de_en", "--encoder-glu", "0", "--decoder-glu", "0",
                                        *common], SRC_VOCAB, TGT_VOCAB)  # fmt: skip
@@ -254,13 +238,13 @@ def test_saved_config_rebuilds_the_same_model(arch: str) -> None:
 def _trainer(arch: str, *extra: str) -> Trainer:
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, input_args=[
-        "unused-data-dir", "--arch", arch, *ARCHS[arch], "--cpu",
+        "unused-data-dir", *tiny_model_args(arch), "--cpu",
         "--optimizer", "adam", "--lr", "0.002", "--weight-decay", "0.01",
         "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10", "--warmup-init-lr", "1e-7", *extra,
     ])  # fmt: skip
     cfg = convert_namespace_to_omegaconf(args)
     task = DictionaryTask(dummy_dictionary(SRC_VOCAB), dummy_dictionary(TGT_VOCAB))
-    model, _ = build_model_from_args(["--arch", arch, *ARCHS[arch], *extra], SRC_VOCAB, TGT_VOCAB)
+    model, _ = build(arch, *extra)
     criterion = torch.nn.Module()  # no parameters; the trainer only collects them
     return Trainer(cfg, task, model, criterion)
 
@@ -290,7 +274,7 @@ def test_fp16_with_flat_gradients_keeps_the_kmatrix_lr_scale_and_no_weight_decay
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)  # the flat path asks for a GPU id, nothing more
     arch = "kaleidoscope_lightconv_iwslt_de_en"
-    argv = ["--arch", arch, *ARCHS[arch], "--kmatrix-lr-scale", "3"]
+    argv = [*tiny_model_args(arch), "--kmatrix-lr-scale", "3"]
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=[
         "unused-data-dir", *argv, "--cpu", "--fp16", "--optimizer", "adam", "--lr", "0.002",
         "--weight-decay", "0.01", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10",

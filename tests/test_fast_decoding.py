@@ -5,25 +5,18 @@ import torch
 
 pytest.importorskip("fairseq")
 
+from conftest import build_tiny_model
 from fairseq.sequence_generator import SequenceGenerator
 
-from fairseq_kaleidoscope.models.builder import build_model_from_args, dummy_dictionary
+from fairseq_kaleidoscope.models.builder import dummy_dictionary
 from fairseq_kaleidoscope.modules.lightconv_layers import LightConvDecoderLayerState
 
-TINY = [
-    "--arch", "kaleidoscope_lightconv_iwslt_de_en",
-    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
-    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-    "--encoder-layers", "1", "--decoder-layers", "3",
-    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
-    "--encoder-kernel-size-list", "[3]", "--decoder-kernel-size-list", "[1,3,15]",
-]  # fmt: skip
 VOCAB = 40
 
 
 def _model(spec: str, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model, _ = build_model_from_args([*TINY, "--kmatrix-layers", spec, "--kmatrix-init", "randn"], VOCAB, VOCAB)
+    model, _ = build_tiny_model("kaleidoscope_lightconv_iwslt_de_en", "--kmatrix-layers", spec, "--kmatrix-init",
+                                "randn", vocab=VOCAB, seed=seed, layers=(1, 3), heads=4, kernels=("[3]", "[1,3,15]"))
     return model.eval()
 
 

@@ -6,30 +6,22 @@ from torch import nn
 
 pytest.importorskip("fairseq")
 
+from conftest import build_tiny_model
 from fairseq.sequence_generator import SequenceGenerator
 from omegaconf import OmegaConf
 
 from fairseq_kaleidoscope.kmatrix import KaleidoscopeLinear
-from fairseq_kaleidoscope.models.builder import build_model_from_args, dummy_dictionary
+from fairseq_kaleidoscope.models.builder import dummy_dictionary
 from fairseq_kaleidoscope.modules.int8_dense import parse_int8_dense, quantize_dense_linears
 
-TINY = [
-    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
-    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-    "--encoder-layers", "1", "--decoder-layers", "2",
-    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-]  # fmt: skip
-LIGHTCONV = ["--arch", "kaleidoscope_lightconv_iwslt_de_en", *TINY,
-             "--encoder-kernel-size-list", "[3]", "--decoder-kernel-size-list", "[3,7]"]  # fmt: skip
-TRANSFORMER = ["--arch", "kaleidoscope_transformer_iwslt_de_en", *TINY]
+LIGHTCONV, TRANSFORMER = "kaleidoscope_lightconv_iwslt_de_en", "kaleidoscope_transformer_iwslt_de_en"
 VOCAB = 30
 QLinear = torch.ao.nn.quantized.dynamic.Linear
 GENERATION_CFG = OmegaConf.create({"generation": {"beam": 2, "print_alignment": False}})
 
 
-def _model(args: list[str], spec: str, *extra: str) -> nn.Module:
-    torch.manual_seed(0)
-    model, _ = build_model_from_args([*args, "--kmatrix-layers", spec, *extra], VOCAB, VOCAB)
+def _model(arch: str, spec: str, *extra: str) -> nn.Module:
+    model, _ = build_tiny_model(arch, "--kmatrix-layers", spec, *extra, vocab=VOCAB, seed=0)
     return model.eval()
 
 
@@ -63,9 +55,9 @@ def test_quantizes_exactly_the_chosen_dense_layers(spec: str, expected: set[str]
     assert {n for n, m in model.named_modules() if isinstance(m, KaleidoscopeLinear)} == kmatrices
 
 
-@pytest.mark.parametrize("args", [LIGHTCONV, TRANSFORMER], ids=["lightconv", "transformer"])
-def test_int8_model_stays_close_to_float_and_decodes(args: list[str]) -> None:
-    model = _model(args, "none")
+@pytest.mark.parametrize("arch", [LIGHTCONV, TRANSFORMER], ids=["lightconv", "transformer"])
+def test_int8_model_stays_close_to_float_and_decodes(arch: str) -> None:
+    model = _model(arch, "none")
     src, lengths, prev = _batch()
     with torch.no_grad():
         ref, _ = model(src, lengths, prev)
@@ -79,9 +71,9 @@ def test_int8_model_stays_close_to_float_and_decodes(args: list[str]) -> None:
     assert len(hyps) == 4 and all(len(h) == 2 for h in hyps)
 
 
-@pytest.mark.parametrize("args", [LIGHTCONV, TRANSFORMER], ids=["lightconv", "transformer"])
-def test_option_is_applied_by_prepare_for_inference(args: list[str]) -> None:
-    model = _model(args, "decoder.fc1", "--int8-dense", "output_projection")
+@pytest.mark.parametrize("arch", [LIGHTCONV, TRANSFORMER], ids=["lightconv", "transformer"])
+def test_option_is_applied_by_prepare_for_inference(arch: str) -> None:
+    model = _model(arch, "decoder.fc1", "--int8-dense", "output_projection")
     assert not any(isinstance(m, QLinear) for m in model.modules())  # weights load into float layers first
     model.prepare_for_inference_(GENERATION_CFG)
     assert model.int8_layers == ["decoder.output_projection"]

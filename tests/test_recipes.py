@@ -15,17 +15,15 @@ import torch
 
 fairseq = pytest.importorskip("fairseq", reason="fairseq is not installed")
 
+from conftest import tiny_model_args  # noqa: E402
+
 from fairseq_kaleidoscope.recipes import bleu, decode_bench, subword, synthetic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 IWSLT = SHARED / "iwslt14.tokenized.de-en"
 MULTI30K = SHARED / "multi30k"
-TINY = (
-    "--encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 --decoder-embed-dim 32 "
-    "--encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 --encoder-attention-heads 2 --decoder-attention-heads 2 "
-    "--encoder-kernel-size-list [3] --decoder-kernel-size-list [3]"
-)
+TINY = " ".join(tiny_model_args(layers=(1, 1), kernels=("[3]", "[3]")))
 TINY_TRAIN = [*TINY.split(), "--max-tokens", "1000", "--cpu", "--num-workers", "0"]
 
 

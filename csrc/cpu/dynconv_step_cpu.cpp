@@ -122,39 +122,41 @@ RowsFn rows_fn() {
 
 at::Tensor dynconv_step_cpu(const at::Tensor& x, const at::Tensor& logits, const at::Tensor& cache, int64_t step,
                             bool softmax) {
-  TORCH_CHECK(cache.dim() == 3, "dynconv_step: cache must have shape (batch, kernel_size, channels), got ",
-              cache.sizes());
-  TORCH_CHECK(x.dim() == 2, "dynconv_step: x must have shape (batch, channels), got ", x.sizes());
-  TORCH_CHECK(logits.dim() == 2 || logits.dim() == 3,
-              "dynconv_step: logits must have shape (batch, heads, kernel_size) or (batch, heads*kernel_size), got ",
-              logits.sizes());
-  const auto check_cpu_float = [](const char* name, const at::Tensor& t) {
-    TORCH_CHECK(t.scalar_type() == at::kFloat, "dynconv_step: ", name, " must be float32, got ", t.scalar_type());
-    TORCH_CHECK(t.device().is_cpu(), "dynconv_step: ", name, " must be on the CPU (this op has only a CPU kernel), got ",
-                t.device());
+  // Typed errors (ValueError / TypeError in Python) that name the problem; the reference
+  // (dynconv_step_ref) and the fake kernel raise the same from check_dynconv_step_args.
+  TORCH_CHECK_VALUE(cache.dim() == 3, "dynconv_step: cache must have shape (batch, kernel_size, channels), got ",
+                    cache.sizes());
+  TORCH_CHECK_TYPE(cache.scalar_type() == at::kFloat, "dynconv_step: cache must be float32 (the reference ",
+                   "dynconv_step_ref takes other dtypes), got ", cache.scalar_type());
+  const auto check_like_cache = [&](const char* name, const at::Tensor& t) {
+    TORCH_CHECK_TYPE(t.scalar_type() == cache.scalar_type(), "dynconv_step: ", name, " dtype ", t.scalar_type(),
+                     " differs from cache dtype ", cache.scalar_type());
+    TORCH_CHECK_VALUE(t.device().is_cpu(), "dynconv_step: ", name,
+                      " must be on the CPU (this op has only a CPU kernel), got ", t.device());
   };
-  check_cpu_float("x", x);
-  check_cpu_float("logits", logits);
-  check_cpu_float("cache", cache);
+  check_like_cache("x", x);
+  check_like_cache("logits", logits);
+  check_like_cache("cache", cache);
   const int64_t B = cache.size(0), K = cache.size(1), C = cache.size(2);
-  TORCH_CHECK(K >= 1, "dynconv_step: kernel_size = cache.size(1) must be >= 1, got ", K);
-  TORCH_CHECK(cache.is_contiguous(), "dynconv_step: cache must be contiguous (it is updated in place), got strides ",
-              cache.strides());
-  TORCH_CHECK(x.size(0) == B && x.size(1) == C, "dynconv_step: x shape ", x.sizes(), " does not match cache shape ",
-              cache.sizes(), "; expected (", B, ", ", C, ")");
-  TORCH_CHECK(logits.size(0) == B, "dynconv_step: logits batch ", logits.size(0), " differs from cache batch ", B);
+  TORCH_CHECK_VALUE(K >= 1, "dynconv_step: kernel_size = cache.shape[1] must be >= 1, got ", K);
+  TORCH_CHECK_VALUE(cache.is_contiguous(), "dynconv_step: cache must be contiguous (it is updated in place), ",
+                    "got strides ", cache.strides());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(0) == B && x.size(1) == C, "dynconv_step: x shape ", x.sizes(),
+                    " does not match cache shape ", cache.sizes(), "; expected (", B, ", ", C, ")");
   int64_t H = 0;
   if (logits.dim() == 3) {
-    TORCH_CHECK(logits.size(2) == K, "dynconv_step: logits shape ", logits.sizes(), " has ", logits.size(2),
-                " taps but the cache holds kernel_size = ", K);
+    TORCH_CHECK_VALUE(logits.size(0) == B && logits.size(2) == K, "dynconv_step: logits shape ", logits.sizes(),
+                      " does not match cache shape ", cache.sizes(), "; expected (", B, ", heads, ", K, ")");
     H = logits.size(1);
   } else {
-    TORCH_CHECK(logits.size(1) % K == 0, "dynconv_step: logits.size(1) = ", logits.size(1),
-                " is not heads * kernel_size for kernel_size = ", K);
+    TORCH_CHECK_VALUE(logits.dim() == 2, "dynconv_step: logits must have shape (batch, heads, kernel_size) or ",
+                      "(batch, heads*kernel_size), got ", logits.sizes());
+    TORCH_CHECK_VALUE(logits.size(0) == B && logits.size(1) % K == 0, "dynconv_step: logits shape ", logits.sizes(),
+                      " does not match cache shape ", cache.sizes(), "; expected (", B, ", heads * ", K, ")");
     H = logits.size(1) / K;
   }
-  TORCH_CHECK(H >= 1 && C % H == 0, "dynconv_step: channels ", C, " are not divisible by heads ", H);
-  TORCH_CHECK(step >= 0, "dynconv_step: step must be >= 0, got ", step);
+  TORCH_CHECK_VALUE(H >= 1 && C % H == 0, "dynconv_step: channels ", C, " are not divisible by heads ", H);
+  TORCH_CHECK_VALUE(step >= 0, "dynconv_step: step must be >= 0, got ", step);
 
   const at::Tensor xc = x.contiguous(), lc = logits.contiguous();
   at::Tensor out = at::empty({B, C}, x.options().memory_format(at::MemoryFormat::Contiguous));

@@ -29,6 +29,8 @@ from fairseq import optim
 from fairseq.optim.fairseq_optimizer import FairseqOptimizer
 from fairseq.optim.fp16_optimizer import FP16Optimizer
 
+from .fairseq_private import build_registered_optimizer
+
 logger = logging.getLogger(__name__)
 
 _original_build_optimizer = None
@@ -69,7 +71,7 @@ def build_optimizer(cfg: object, params: list, *extra_args: object, **extra_kwar
         return optimizer
     weight_decay = getattr(cfg, "weight_decay", None)
     groups = tagged_param_groups(params, float(weight_decay) if weight_decay is not None else None)
-    optimizer = optim._build_optimizer(cfg, groups, *extra_args, **extra_kwargs)
+    optimizer = build_registered_optimizer(cfg, groups, *extra_args, **extra_kwargs)
     optimizer.set_lr = types.MethodType(_scaled_set_lr, optimizer)
     optimizer.set_lr(optimizer.get_lr())  # apply the scales before the first step
     logger.info(

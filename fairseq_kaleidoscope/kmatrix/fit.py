@@ -24,6 +24,7 @@ import torch
 
 from .layer import KaleidoscopeLinear
 from .ops import butterfly_multiply, uses_compiled_kernel
+from .reference import factor_strides
 
 Target = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | tuple[torch.Tensor, torch.Tensor]
 
@@ -111,7 +112,7 @@ def butterfly_multiply_elementwise(twiddle: torch.Tensor, x: torch.Tensor, incre
     nstacks, nbutterflies, log_n = twiddle.shape[:3]
     for b in range(nbutterflies):
         increasing = increasing_stride != (b % 2 == 1)
-        for k in range(log_n) if increasing else range(log_n - 1, -1, -1):
+        for k in factor_strides(log_n, increasing):
             s = 1 << k
             xv = x.reshape(batch, x.shape[1], n // (2 * s), 2, s)
             tw = twiddle[:, b, k].reshape(nstacks, n // (2 * s), s, 2, 2)
@@ -147,7 +148,13 @@ class _Population:
         return self.twiddle.shape[0] // self.nstacks
 
     def apply(self, x: torch.Tensor, twiddle: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (batch, in) -> (count, batch, out): every candidate applied to x."""
+        """``x`` (batch, in) -> (count, batch, out): every candidate applied to x.
+
+        :func:`~.reference.kmatrix_linear_ref` per candidate, not the ``kmatrix_linear`` op: a
+        candidate with a fixed permutation needs its own input in its stacks, each candidate
+        keeps its own first ``out`` rows, and complex twiddles (no compiled kernel) run
+        :func:`butterfly_multiply_elementwise`, which broadcasts one input over all stacks.
+        """
         tw = self.twiddle if twiddle is None else twiddle
         count = tw.shape[0] // self.nstacks
         if self.n != self.in_features:

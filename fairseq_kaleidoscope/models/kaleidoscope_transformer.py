@@ -21,6 +21,7 @@ from fairseq.utils import safe_getattr
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ..compat.fairseq_private import route_attention_through_projections
 from ..modules.kmatrix_layers import (
     OUTPUT_PROJECTION,
     KMatrixOptions,
@@ -115,9 +116,7 @@ def _swap_layer(layer: nn.Module, chosen: frozenset[str], kopts: KMatrixOptions,
         for proj in swapped:
             replace_linear(attn, proj, kopts)
         if swapped:
-            # fairseq's fused attention path (F.multi_head_attention_forward) reads
-            # ``q_proj.weight`` etc. directly; this flag routes it through the modules.
-            attn._set_skip_embed_dim_check()
+            route_attention_through_projections(attn)
     for name in ("fc1", "fc2"):
         if name in chosen:
             replace_linear(layer, name, kopts)

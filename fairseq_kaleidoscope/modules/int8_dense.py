@@ -18,7 +18,10 @@ from __future__ import annotations
 import warnings
 
 import torch
+from fairseq.modules import MultiheadAttention
 from torch import nn
+
+from ..compat.fairseq_private import route_attention_through_projections
 
 INT8_PARTS = ("output_projection", "decoder", "encoder", "all")
 
@@ -63,6 +66,6 @@ def quantize_dense_linears(model: nn.Module, spec: str) -> list[str]:
             parent = model.get_submodule(parent_name) if parent_name else model
             linear.qconfig = torch.ao.quantization.default_dynamic_qconfig
             setattr(parent, attr, torch.ao.nn.quantized.dynamic.Linear.from_float(linear))
-            if hasattr(parent, "_set_skip_embed_dim_check"):
-                parent._set_skip_embed_dim_check()
+            if isinstance(parent, MultiheadAttention):
+                route_attention_through_projections(parent)
     return [name for name, _ in targets]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from fairseq.modules import FairseqDropout, LayerNorm
 from torch import Tensor, nn
 
+from ..compat.fairseq_private import route_attention_through_projections
 from .dynamic_convolution import DynamicConv, DynamicConvState, IncrementalState
 from .encoder_attention import EncoderAttention, EncoderAttentionState
 from .kmatrix_layers import KMatrixOptions, make_linear, replace_linear
@@ -152,9 +153,7 @@ class LightConvDecoderLayer(_ConvBlock):
             if name in kmatrix:
                 replace_linear(self.encoder_attn, proj, kopts)
         if any(name in kmatrix for name in ATTN_PROJ):
-            # fairseq's fused attention path reads ``q_proj.weight`` etc. directly; this
-            # flag routes it through the projection modules instead.
-            self.encoder_attn._set_skip_embed_dim_check()
+            route_attention_through_projections(self.encoder_attn)
         self.encoder_attn_layer_norm = LayerNorm(self.embed_dim)
         self.final_layer_norm = LayerNorm(self.embed_dim)
         self.need_attn = True
