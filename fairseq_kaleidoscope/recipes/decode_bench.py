@@ -403,8 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # fairseq's CLI format and level, replacing the root logger set up when fairseq was imported
-    # (one of its task modules calls logging.basicConfig(level=DEBUG), printing every library's debug lines).
+    # fairseq's CLI format and level; force: a caller that imported fairseq directly has its DEBUG
+    # root logger (one of fairseq's task modules calls logging.basicConfig(level=DEBUG)).
     log_format = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"
     logging.basicConfig(level=logging.INFO, format=log_format, force=True)
     args = build_parser().parse_args(argv)

@@ -337,9 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # Replaces the root logger set up when fairseq was imported: one of its task modules calls
-    # logging.basicConfig(level=DEBUG), which would print every library's debug lines.
-    # The job's progress goes to stderr.
+    # force: a caller that imported fairseq directly has its DEBUG root logger (one of fairseq's
+    # task modules calls logging.basicConfig(level=DEBUG)). The job's progress goes to stderr.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # for the report's command line
