@@ -96,6 +96,10 @@ template <typename T>
 inline void transpose(typename Vec<T>::V* r, const Tables<T>& tb) {
   using V = Vec<T>;
   constexpr int W = V::W;
+  if constexpr (V::native_shuffles) {
+    V::transpose_square(r);
+    return;
+  }
   typename V::V t[W];
   for (int round = 1; round < W; round *= 2) {
 #pragma GCC unroll 16
@@ -326,6 +330,10 @@ inline void load_twiddles(const T* t, const Tables<T>& tb, typename Vec<T>::V& a
                           typename Vec<T>::V& c, typename Vec<T>::V& d) {
   using V = Vec<T>;
   constexpr int W = V::W;
+  if constexpr (V::native_shuffles) {
+    V::deinterleave4(t, a, b, c, d);
+    return;
+  }
   const typename V::V t0 = V::load(t), t1 = V::load(t + W), t2 = V::load(t + 2 * W), t3 = V::load(t + 3 * W);
   const typename V::V ab01 = V::permute2(t0, t1, tb.tw_ab), cd01 = V::permute2(t0, t1, tb.tw_cd);
   const typename V::V ab23 = V::permute2(t2, t3, tb.tw_ab), cd23 = V::permute2(t2, t3, tb.tw_cd);

@@ -46,6 +46,33 @@ struct Vec<float> {
     return _mm256_blendv_ps(_mm256_permutevar8x32_ps(a, idx.perm), _mm256_permutevar8x32_ps(b, idx.perm),
                             idx.from_b);
   }
+  // In-lane shuffles instead of the generic permute2 rounds (3x fewer instructions, most
+  // of them single-cycle): an 8x8 transpose ...
+  static constexpr bool native_shuffles = true;
+  static void transpose_square(V* r) {
+    const V t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const V t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const V t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const V t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const V s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const V s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const V s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const V s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20), r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20), r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20), r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20), r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+  }
+  // ... and the twiddles (a, b, c, d) of 8 pairs de-interleaved: pairs k and k + 4 share a
+  // vector, so a 4x4 transpose inside each 128-bit half leaves every result in order.
+  static void deinterleave4(const float* t, V& a, V& b, V& c, V& d) {
+    const V v0 = _mm256_loadu2_m128(t + 16, t), v1 = _mm256_loadu2_m128(t + 20, t + 4);
+    const V v2 = _mm256_loadu2_m128(t + 24, t + 8), v3 = _mm256_loadu2_m128(t + 28, t + 12);
+    const V u0 = _mm256_unpacklo_ps(v0, v1), u1 = _mm256_unpackhi_ps(v0, v1);
+    const V u2 = _mm256_unpacklo_ps(v2, v3), u3 = _mm256_unpackhi_ps(v2, v3);
+    a = _mm256_shuffle_ps(u0, u2, 0x44), b = _mm256_shuffle_ps(u0, u2, 0xEE);
+    c = _mm256_shuffle_ps(u1, u3, 0x44), d = _mm256_shuffle_ps(u1, u3, 0xEE);
+  }
 };
 
 template <>
@@ -76,6 +103,19 @@ struct Vec<double> {
     const __m256d pa = _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(a), idx.perm));
     const __m256d pb = _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(b), idx.perm));
     return _mm256_blendv_pd(pa, pb, idx.from_b);
+  }
+  static constexpr bool native_shuffles = true;
+  static void transpose_square(V* r) {
+    const V t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    const V t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20), r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20), r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+  }
+  // One pair's (a, b, c, d) is one vector: de-interleaving 4 pairs is a 4x4 transpose.
+  static void deinterleave4(const double* t, V& a, V& b, V& c, V& d) {
+    V r[4] = {load(t), load(t + 4), load(t + 8), load(t + 12)};
+    transpose_square(r);
+    a = r[0], b = r[1], c = r[2], d = r[3];
   }
 };
 

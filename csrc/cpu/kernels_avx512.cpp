@@ -33,6 +33,7 @@ struct Vec<float> {
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static Idx make_idx(const int* lanes) { return _mm512_loadu_si512(lanes); }
   static V permute2(V a, V b, Idx idx) { return _mm512_permutex2var_ps(a, idx, b); }
+  static constexpr bool native_shuffles = false;  // permute2 is one instruction here
 };
 
 template <>
@@ -52,6 +53,7 @@ struct Vec<double> {
     return _mm512_loadu_si512(wide);
   }
   static V permute2(V a, V b, Idx idx) { return _mm512_permutex2var_pd(a, idx, b); }
+  static constexpr bool native_shuffles = false;
 };
 
 #include "butterfly_simd_impl.h"

@@ -58,6 +58,7 @@ struct Vec {
     for (int k = 0; k < W; ++k) r.v[k] = idx.lane[k] < W ? a.v[idx.lane[k]] : b.v[idx.lane[k] - W];
     return r;
   }
+  static constexpr bool native_shuffles = false;  // the generic permute2 rounds
 };
 
 #include "butterfly_simd_impl.h"
