@@ -478,6 +478,10 @@ template <typename T>
 inline void add_lane_sums16(typename Vec<T>::V* v, T* out, const Tables<T>& tb) {
   using V = Vec<T>;
   constexpr int W = V::W;
+  if constexpr (V::native_shuffles) {
+    V::add_lane_sums16(v, out);
+    return;
+  }
   int count = 16, level = 0;
   for (int g = W; g > 1; g /= 2, ++level) {
 #pragma GCC unroll 8
