@@ -82,6 +82,15 @@ def test_every_size(isa: str, path: str, dtype: torch.dtype) -> None:
                 check_backward(tw, x, False, f"n={n}")
 
 
+@pytest.mark.parametrize(("isa", "path"), [k for k in KERNELS if k[1] == "tiles"])
+def test_backward_recomputed_segments(isa: str, path: str) -> None:
+    """A K-matrix too big to keep every second factor's input (> 4 MB per tile): the backward keeps
+    one input per segment and recomputes the rest; 3 butterflies make the last segment odd."""
+    with forced_cpu_kernel(isa, path):
+        tw, x, _ = make(8192, 9, 1, 3, torch.float32, seed=5)
+        check_backward(tw, x, False, "n=8192 nbutterflies=3")
+
+
 @pytest.mark.parametrize(("isa", "path"), KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shapes_orders_bias(isa: str, path: str, dtype: torch.dtype) -> None:

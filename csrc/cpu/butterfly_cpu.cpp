@@ -67,15 +67,15 @@ const cpu::Kernels<double>& kernels<double>() {
   return cpu::portable::kernels_f64;
 }
 
-// Backward, per tile of W rows: keep the input of every factor (n*W values each), or
-// keep one per butterfly and recompute the others (one extra forward). Measured on AMD
-// EPYC Zen 4 (float32, 1 thread, batch 512): keeping all is 10-30% faster up to
-// n=1024 (n=1024, 4 butterflies: 6.0 vs 9.5 ms, 2.6 MB kept per tile), recomputing
-// wins from about 6 MB (n=4096: 1.7 vs 2.0 ms with 2 butterflies, 4.4 vs 8.6 with 4).
+// Backward, per tile of W rows: keep the input of every second factor (n*W values each;
+// the factors are differentiated in pairs, the one in between recomputed in registers),
+// or keep one per butterfly pair and recompute the others (one extra forward). Measured
+// on AMD EPYC Zen 4 (float32, 1 thread, batch 512) when every factor's input was kept:
+// keeping is 10-30% faster up to n=1024 (2.6 MB per tile), recomputing wins from about 6 MB.
 template <typename T>
 int64_t checkpoint_every(const cpu::Problem<T>& P, int64_t width) {
-  const int64_t kept = P.nbutterflies * P.log_n * P.n * width * static_cast<int64_t>(sizeof(T));
-  return kept <= (int64_t{4} << 20) ? 1 : P.log_n;
+  const int64_t kept = P.nbutterflies * P.log_n * P.n * width * static_cast<int64_t>(sizeof(T)) / 2;
+  return kept <= (int64_t{4} << 20) ? 2 : (P.log_n + 1) / 2 * 2;  // even: factors go in pairs
 }
 
 template <typename T>
@@ -91,7 +91,7 @@ cpu::Problem<T> make_problem(const at::Tensor& tw, const at::Tensor& input, bool
   P.log_n = tw.size(2);
   P.nbutterflies = tw.size(1);
   P.increasing = increasing_stride;
-  P.checkpoint_every = 1;
+  P.checkpoint_every = 2;
   return P;
 }
 

@@ -24,7 +24,7 @@ struct Problem {
   int64_t grad_stride_b, grad_stride_s;
   int64_t batch, nstacks, n, log_n, nbutterflies;
   bool increasing;
-  // Backward only: factors per recomputed segment (1: every factor's input is kept).
+  // Backward only: factors per recomputed segment, even (2: every second factor's input is kept).
   int64_t checkpoint_every;
 };
 

@@ -213,10 +213,10 @@ void tile_factor(const T* src, T* dst, int64_t n, Factor<T> fa) {
   }
 }
 
-// Two consecutive factors in one pass: coordinates {i, i+s1, i+s2, i+s1+s2} are closed
-// under both, so each quad is loaded and stored once.
+// Two consecutive factors in one pass from src into dst (may alias): coordinates
+// {i, i+s1, i+s2, i+s1+s2} are closed under both, so each quad is loaded and stored once.
 template <typename T, int R>
-void tile_factor_pair(T* buf, int64_t n, Factor<T> f1, Factor<T> f2) {
+void tile_factor_pair(const T* src, T* dst, int64_t n, Factor<T> f1, Factor<T> f2) {
   using V = Vec<T>;
   const int64_t s1 = f1.stride, s2 = f2.stride;
   if (s1 == s2) {  // the same pairs twice (where two butterflies meet)
@@ -224,12 +224,12 @@ void tile_factor_pair(T* buf, int64_t n, Factor<T> f1, Factor<T> f2) {
       for (int64_t off = 0; off < s1; ++off) {
         const int64_t i = base + off, j = i + s1, p = base / 2 + off;
         typename V::V x[R], y[R];
-        load_coord<T, R>(buf, i, x);
-        load_coord<T, R>(buf, j, y);
+        load_coord<T, R>(src, i, x);
+        load_coord<T, R>(src, j, y);
         pair_update<T, R>(x, y, Twiddle<T>(f1.tw + 4 * p));
         pair_update<T, R>(x, y, Twiddle<T>(f2.tw + 4 * p));
-        store_coord<T, R>(buf, i, x);
-        store_coord<T, R>(buf, j, y);
+        store_coord<T, R>(dst, i, x);
+        store_coord<T, R>(dst, j, y);
       }
     }
     return;
@@ -240,18 +240,18 @@ void tile_factor_pair(T* buf, int64_t n, Factor<T> f1, Factor<T> f2) {
       for (int64_t c = 0; c < lo; ++c) {
         const int64_t i = a + b + c;
         typename V::V x0[R], x1[R], x2[R], x3[R];
-        load_coord<T, R>(buf, i, x0);
-        load_coord<T, R>(buf, i + s1, x1);
-        load_coord<T, R>(buf, i + s2, x2);
-        load_coord<T, R>(buf, i + s1 + s2, x3);
+        load_coord<T, R>(src, i, x0);
+        load_coord<T, R>(src, i + s1, x1);
+        load_coord<T, R>(src, i + s2, x2);
+        load_coord<T, R>(src, i + s1 + s2, x3);
         pair_update<T, R>(x0, x1, Twiddle<T>(f1.tw + 4 * pair_of(i, s1)));
         pair_update<T, R>(x2, x3, Twiddle<T>(f1.tw + 4 * pair_of(i + s2, s1)));
         pair_update<T, R>(x0, x2, Twiddle<T>(f2.tw + 4 * pair_of(i, s2)));
         pair_update<T, R>(x1, x3, Twiddle<T>(f2.tw + 4 * pair_of(i + s1, s2)));
-        store_coord<T, R>(buf, i, x0);
-        store_coord<T, R>(buf, i + s1, x1);
-        store_coord<T, R>(buf, i + s2, x2);
-        store_coord<T, R>(buf, i + s1 + s2, x3);
+        store_coord<T, R>(dst, i, x0);
+        store_coord<T, R>(dst, i + s1, x1);
+        store_coord<T, R>(dst, i + s2, x2);
+        store_coord<T, R>(dst, i + s1 + s2, x3);
       }
     }
   }
@@ -264,7 +264,7 @@ template <typename T, int R>
 void tile_factors(const Problem<T>& P, const T* tw_stack, T* buf, int64_t f0, int64_t f1) {
   int64_t f = f0;
   for (; f + 1 < f1; f += 2)
-    tile_factor_pair<T, R>(buf, P.n, factor_at(P, tw_stack, f), factor_at(P, tw_stack, f + 1));
+    tile_factor_pair<T, R>(buf, buf, P.n, factor_at(P, tw_stack, f), factor_at(P, tw_stack, f + 1));
   if (f < f1) tile_factor<T, R>(buf, buf, P.n, factor_at(P, tw_stack, f));
 }
 
@@ -472,14 +472,15 @@ void forward_small(const Problem<T>& P, int64_t s, int64_t row_begin, int64_t ro
 
 // ---------------------------------------------------------------- backward
 
-// Sums each of 16 vectors over its lanes and adds the 16 sums to out[0..16): a tree of
+// The twiddle gradients of 4 pairs: out[k][j] += the lane sum of v[4k + j] (the grads of
+// a, b, c, d of one pair, summed over the rows in the lanes). Generic: a tree of
 // permute-and-add levels, each halving the lanes per sum (16/W vectors remain).
 template <typename T>
-inline void add_lane_sums16(typename Vec<T>::V* v, T* out, const Tables<T>& tb) {
+inline void add_pair_grads(typename Vec<T>::V* v, T* const* out, const Tables<T>& tb) {
   using V = Vec<T>;
   constexpr int W = V::W;
   if constexpr (V::native_shuffles) {
-    V::add_lane_sums16(v, out);
+    V::add_pair_grads(v, out);
     return;
   }
   int count = 16, level = 0;
@@ -491,11 +492,27 @@ inline void add_lane_sums16(typename Vec<T>::V* v, T* out, const Tables<T>& tb) 
     }
     count /= 2;
   }
-  for (int m = 0; m < 16 / W; ++m) V::store(out + m * W, V::add(V::load(out + m * W), v[m]));
+  T sums[16];
+  for (int m = 0; m < 16 / W; ++m) V::store(sums + m * W, v[m]);
+  for (int k = 0; k < 4; ++k)
+    for (int j = 0; j < 4; ++j) out[k][j] += sums[4 * k + j];
 }
 
-// Backward through one factor in the tile layout: x is the factor's input, g holds the
-// grad of its output and becomes the grad of its input; twiddle grads go to dtw.
+// Backward through the pair update (u, v) -> (a u + b v, c u + d v) of the twiddle t:
+// (gi, gj), the grads of the outputs, become those of the inputs; acc[0..4) gets the
+// per-lane grads of a, b, c, d.
+template <typename T>
+inline void pair_backward(typename Vec<T>::V u, typename Vec<T>::V v, typename Vec<T>::V& gi,
+                          typename Vec<T>::V& gj, const T* t, typename Vec<T>::V* acc) {
+  using V = Vec<T>;
+  acc[0] = V::mul(gi, u), acc[1] = V::mul(gi, v), acc[2] = V::mul(gj, u), acc[3] = V::mul(gj, v);
+  const typename V::V ngi = V::fmadd(V::set1(t[2]), gj, V::mul(V::set1(t[0]), gi));
+  gj = V::fmadd(V::set1(t[3]), gj, V::mul(V::set1(t[1]), gi));
+  gi = ngi;
+}
+
+// Backward through one factor in the tile layout (R = 1): x is the factor's input, g holds
+// the grad of its output and becomes the grad of its input; twiddle grads go to dtw.
 template <typename T>
 void tile_factor_backward(const T* x, T* g, T* dtw, int64_t n, Factor<T> fa, const Tables<T>& tb) {
   using V = Vec<T>;
@@ -519,20 +536,53 @@ void tile_factor_backward(const T* x, T* g, T* dtw, int64_t n, Factor<T> fa, con
 #pragma GCC unroll 4
     for (int k = 0; k < 4; ++k) {
       const int64_t p = p0 + k, i = (p / s) * 2 * s + p % s, j = i + s;
-      const T* t = fa.tw + 4 * p;
-      const typename V::V u = V::load(x + i * W), v = V::load(x + j * W);
-      const typename V::V gi = V::load(g + i * W), gj = V::load(g + j * W);
-      acc[4 * k] = V::mul(gi, u);
-      acc[4 * k + 1] = V::mul(gi, v);
-      acc[4 * k + 2] = V::mul(gj, u);
-      acc[4 * k + 3] = V::mul(gj, v);
-      V::store(g + i * W, V::fmadd(V::set1(t[2]), gj, V::mul(V::set1(t[0]), gi)));
-      V::store(g + j * W, V::fmadd(V::set1(t[3]), gj, V::mul(V::set1(t[1]), gi)));
+      typename V::V gi = V::load(g + i * W), gj = V::load(g + j * W);
+      pair_backward<T>(V::load(x + i * W), V::load(x + j * W), gi, gj, fa.tw + 4 * p, acc + 4 * k);
+      V::store(g + i * W, gi);
+      V::store(g + j * W, gj);
     }
-    add_lane_sums16<T>(acc, dtw + 4 * p0, tb);
+    T* const out[4] = {dtw + 4 * p0, dtw + 4 * p0 + 4, dtw + 4 * p0 + 8, dtw + 4 * p0 + 12};
+    add_pair_grads<T>(acc, out, tb);
   }
 }
 
+// Backward through two consecutive factors f1, f2 in one pass, from x, the input of f1:
+// per quad {i, i+s1, i+s2, i+s1+s2} the input of f2 is recomputed in registers, so only
+// every second factor's input is kept and each quad of g is loaded and stored once.
+// f1 and f2 must have different strides (where two butterflies meet they do not).
+template <typename T>
+void tile_factor_pair_backward(const T* x, T* g, T* dtw1, T* dtw2, int64_t n, Factor<T> f1, Factor<T> f2,
+                               const Tables<T>& tb) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  const int64_t s1 = f1.stride, s2 = f2.stride;
+  const int64_t lo = s1 < s2 ? s1 : s2, hi = s1 < s2 ? s2 : s1;
+  for (int64_t a = 0; a < n; a += 2 * hi) {
+    for (int64_t b = 0; b < hi; b += 2 * lo) {
+      for (int64_t c = 0; c < lo; ++c) {
+        const int64_t i0 = a + b + c, i1 = i0 + s1, i2 = i0 + s2, i3 = i1 + s2;
+        const int64_t p10 = pair_of(i0, s1), p11 = pair_of(i2, s1), p20 = pair_of(i0, s2), p21 = pair_of(i1, s2);
+        const typename V::V x0 = V::load(x + i0 * W), x1 = V::load(x + i1 * W);
+        const typename V::V x2 = V::load(x + i2 * W), x3 = V::load(x + i3 * W);
+        typename V::V y0 = x0, y1 = x1, y2 = x2, y3 = x3;
+        pair_update<T, 1>(&y0, &y1, Twiddle<T>(f1.tw + 4 * p10));
+        pair_update<T, 1>(&y2, &y3, Twiddle<T>(f1.tw + 4 * p11));
+        typename V::V g0 = V::load(g + i0 * W), g1 = V::load(g + i1 * W);
+        typename V::V g2 = V::load(g + i2 * W), g3 = V::load(g + i3 * W);
+        typename V::V acc[16];
+        pair_backward<T>(y0, y2, g0, g2, f2.tw + 4 * p20, acc);
+        pair_backward<T>(y1, y3, g1, g3, f2.tw + 4 * p21, acc + 4);
+        pair_backward<T>(x0, x1, g0, g1, f1.tw + 4 * p10, acc + 8);
+        pair_backward<T>(x2, x3, g2, g3, f1.tw + 4 * p11, acc + 12);
+        V::store(g + i0 * W, g0), V::store(g + i1 * W, g1), V::store(g + i2 * W, g2), V::store(g + i3 * W, g3);
+        T* const out[4] = {dtw2 + 4 * p20, dtw2 + 4 * p21, dtw1 + 4 * p10, dtw1 + 4 * p11};
+        add_pair_grads<T>(acc, out, tb);
+      }
+    }
+  }
+}
+
+// checkpoint_every (K) is even: inside a segment the input of every second factor is kept.
 template <typename T>
 inline int64_t checkpoints(const Problem<T>& P) {
   return (factor_count(P) + P.checkpoint_every - 1) / P.checkpoint_every;
@@ -541,12 +591,14 @@ inline int64_t checkpoints(const Problem<T>& P) {
 template <typename T>
 size_t backward_scratch(const Problem<T>& P) {
   const int64_t tile = P.n * Vec<T>::W;
-  return static_cast<size_t>((checkpoints(P) + P.checkpoint_every + 1) * tile + 2 * P.n);
+  // checkpoints, the rest of a segment's kept inputs, one intermediate, the gradient
+  return static_cast<size_t>((checkpoints(P) + P.checkpoint_every / 2 + 1) * tile + 2 * P.n);
 }
 
 // Per tile: the forward runs again (the op saves only the input), keeping the input of
 // every checkpoint_every-th factor; then segments are walked backwards, each segment's
-// factor inputs recomputed from its checkpoint (nothing to recompute when it is 1).
+// inputs of every second factor recomputed from its checkpoint (nothing to recompute
+// when K is 2), and the factors are differentiated two at a time.
 template <typename T>
 void backward_tiles(const Problem<T>& P, int64_t s, int64_t row_begin, int64_t row_end, T* scratch, T* dtw_stack) {
   constexpr int W = Vec<T>::W;
@@ -554,12 +606,15 @@ void backward_tiles(const Problem<T>& P, int64_t s, int64_t row_begin, int64_t r
   const int64_t ncp = checkpoints(P);
   const Tables<T> tb;
   T* ckpt = scratch;
-  T* seg = ckpt + ncp * tile;
-  T* gbuf = seg + K * tile;
+  T* seg = ckpt + ncp * tile;  // K/2 - 1 tiles
+  T* mid = seg + (K / 2 - 1) * tile;
+  T* gbuf = mid + tile;
   T* zeros = gbuf + tile;
   T* dummy = zeros + n;
   memset(zeros, 0, sizeof(T) * n);
   const T* tw_stack = stack_twiddle(P, s);
+  const auto at = [&](int64_t f) { return factor_at(P, tw_stack, f); };
+  const auto dtw_of = [&](const Factor<T>& fa) { return dtw_stack + (fa.tw - tw_stack); };
   const T* acts[64];
   for (int64_t t0 = row_begin; t0 < row_end; t0 += W) {
     const int64_t m = min64(W, row_end - t0);
@@ -568,8 +623,8 @@ void backward_tiles(const Problem<T>& P, int64_t s, int64_t row_begin, int64_t r
     tile_rows<T>(P.input + s * P.in_stride_s, P.in_stride_b, t0, m, zeros, src, W);
     transpose_in<T, 1>(src, ckpt, n, tb);
     for (int64_t c = 1; c < ncp; ++c) {
-      if (K == 1) {
-        tile_factor<T, 1>(ckpt + (c - 1) * tile, ckpt + c * tile, n, factor_at(P, tw_stack, c - 1));
+      if (K == 2) {
+        tile_factor_pair<T, 1>(ckpt + (c - 1) * tile, ckpt + c * tile, n, at(2 * c - 2), at(2 * c - 1));
       } else {
         memcpy(ckpt + c * tile, ckpt + (c - 1) * tile, sizeof(T) * tile);
         tile_factors<T, 1>(P, tw_stack, ckpt + c * tile, (c - 1) * K, c * K);
@@ -578,16 +633,28 @@ void backward_tiles(const Problem<T>& P, int64_t s, int64_t row_begin, int64_t r
     tile_rows<T>(P.grad + s * P.grad_stride_s, P.grad_stride_b, t0, m, zeros, src, W);
     transpose_in<T, 1>(src, gbuf, n, tb);
     for (int64_t c = ncp - 1; c >= 0; --c) {
-      const int64_t f0 = c * K, f1 = min64(F, f0 + K);
+      const int64_t f0 = c * K, f1 = min64(F, f0 + K), nacts = (f1 - f0 + 1) / 2;
       acts[0] = ckpt + c * tile;
-      for (int64_t f = f0 + 1; f < f1; ++f) {
-        T* a = seg + (f - f0) * tile;
-        tile_factor<T, 1>(acts[f - f0 - 1], a, n, factor_at(P, tw_stack, f - 1));
-        acts[f - f0] = a;
+      for (int64_t k = 1; k < nacts; ++k) {
+        T* a = seg + (k - 1) * tile;
+        tile_factor_pair<T, 1>(acts[k - 1], a, n, at(f0 + 2 * k - 2), at(f0 + 2 * k - 1));
+        acts[k] = a;
       }
-      for (int64_t f = f1 - 1; f >= f0; --f) {
-        const Factor<T> fa = factor_at(P, tw_stack, f);
-        tile_factor_backward<T>(acts[f - f0], gbuf, dtw_stack + (fa.tw - tw_stack), n, fa, tb);
+      for (int64_t k = nacts - 1; k >= 0; --k) {
+        const int64_t f = f0 + 2 * k;
+        const Factor<T> fa = at(f);
+        if (f + 1 == f1) {
+          tile_factor_backward<T>(acts[k], gbuf, dtw_of(fa), n, fa, tb);
+          continue;
+        }
+        const Factor<T> fb = at(f + 1);
+        if (fa.stride != fb.stride) {
+          tile_factor_pair_backward<T>(acts[k], gbuf, dtw_of(fa), dtw_of(fb), n, fa, fb, tb);
+        } else {  // the same pairs twice: through the intermediate
+          tile_factor<T, 1>(acts[k], mid, n, fa);
+          tile_factor_backward<T>(mid, gbuf, dtw_of(fb), n, fb, tb);
+          tile_factor_backward<T>(acts[k], gbuf, dtw_of(fa), n, fa, tb);
+        }
       }
     }
     for (int l = 0; l < W; ++l) dst[l] = l < m ? P.output + ((t0 + l) * P.nstacks + s) * n : dummy;

@@ -73,16 +73,19 @@ struct Vec<float> {
     a = _mm256_shuffle_ps(u0, u2, 0x44), b = _mm256_shuffle_ps(u0, u2, 0xEE);
     c = _mm256_shuffle_ps(u1, u3, 0x44), d = _mm256_shuffle_ps(u1, u3, 0xEE);
   }
-  // out[k] += the sum of v[k]'s lanes, k < 16: two rounds of horizontal adds, then the
-  // 128-bit halves.
-  static void add_lane_sums16(V* v, float* out) {
+  // out[k][j] += the sum of v[4k + j]'s lanes: two rounds of horizontal adds, then the
+  // 128-bit halves (one per pair).
+  static void add_pair_grads(V* v, float* const* out) {
     V h[8], q[4];
     for (int m = 0; m < 8; ++m) h[m] = _mm256_hadd_ps(v[2 * m], v[2 * m + 1]);
     for (int m = 0; m < 4; ++m) q[m] = _mm256_hadd_ps(h[2 * m], h[2 * m + 1]);
     for (int m = 0; m < 2; ++m) {
       const V s = _mm256_add_ps(_mm256_permute2f128_ps(q[2 * m], q[2 * m + 1], 0x20),
                                 _mm256_permute2f128_ps(q[2 * m], q[2 * m + 1], 0x31));
-      store(out + 8 * m, add(load(out + 8 * m), s));
+      float* lo = out[2 * m];
+      float* hi = out[2 * m + 1];
+      _mm_storeu_ps(lo, _mm_add_ps(_mm_loadu_ps(lo), _mm256_castps256_ps128(s)));
+      _mm_storeu_ps(hi, _mm_add_ps(_mm_loadu_ps(hi), _mm256_extractf128_ps(s, 1)));
     }
   }
 };
@@ -129,13 +132,13 @@ struct Vec<double> {
     transpose_square(r);
     a = r[0], b = r[1], c = r[2], d = r[3];
   }
-  static void add_lane_sums16(V* v, double* out) {
+  static void add_pair_grads(V* v, double* const* out) {
     V h[8];
     for (int m = 0; m < 8; ++m) h[m] = _mm256_hadd_pd(v[2 * m], v[2 * m + 1]);
     for (int m = 0; m < 4; ++m) {
       const V s = _mm256_add_pd(_mm256_permute2f128_pd(h[2 * m], h[2 * m + 1], 0x20),
                                 _mm256_permute2f128_pd(h[2 * m], h[2 * m + 1], 0x31));
-      store(out + 4 * m, add(load(out + 4 * m), s));
+      store(out[m], add(load(out[m]), s));
     }
   }
 };
