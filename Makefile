@@ -1,7 +1,7 @@
 # Single entry point. Every target runs the idempotent setup first.
 PY := .venv/bin/python
 
-.PHONY: setup demo layer-demo test lint bench check-cuda clean
+.PHONY: setup demo layer-demo test lint bench check-cuda check-arm clean
 
 setup:
 	bash scripts/setup.sh
@@ -28,6 +28,10 @@ bench: setup
 # kernels runs in the test suite (tests/test_cuda_sim.py), so it is skipped here.
 check-cuda:
 	SKIP_SIM=1 bash scripts/check_cuda_compile.sh
+
+# Compile-checks the CPU sources for aarch64 with Debian's cross compiler (installed if missing).
+check-arm: setup
+	bash scripts/check_arm_compile.sh
 
 clean:
 	rm -rf build *.egg-info fairseq_kaleidoscope/*.so

@@ -46,5 +46,5 @@ def test_flops_and_targets(bench) -> None:
     ]
     lines = bench.targets(rows)
     assert len(lines) == 2  # only the single-thread rows that were measured
-    assert "batch=64" in lines[0] and lines[0].endswith(": met")
-    assert "NOT met (50% of the target)" in lines[1]
+    assert "batch=1:" in lines[0] and lines[0].endswith(": met")
+    assert "batch=64" in lines[1] and "NOT met (88% of the target)" in lines[1]
