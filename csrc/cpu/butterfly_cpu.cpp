@@ -193,7 +193,7 @@ std::tuple<at::Tensor, at::Tensor> butterfly_multiply_backward_cpu(const at::Ten
       P.grad_stride_s = go.stride(1);
       P.output = grad_input.mutable_data_ptr<scalar_t>();
       const cpu::Kernels<scalar_t>& K = kernels<scalar_t>();
-      const int64_t W = K.width, F = P.nbutterflies * P.log_n;
+      const int64_t W = K.backward_rows, F = P.nbutterflies * P.log_n;
       const int64_t ntiles = (P.batch + W - 1) / W, stack_tw = F * P.n * 2;
       P.checkpoint_every = checkpoint_every(P, W);
       scalar_t* pp = partial.mutable_data_ptr<scalar_t>();

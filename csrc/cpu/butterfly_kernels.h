@@ -34,8 +34,8 @@ struct Problem {
 template <typename T>
 struct Kernels {
   const char* isa;
-  int width;       // SIMD lanes of T: rows per backward tile
-  int tile_rows;   // rows per forward tile
+  int backward_rows;  // rows per backward tile
+  int tile_rows;      // rows per forward tile
   size_t (*tile_scratch)(const Problem<T>&);
   void (*forward_tiles)(const Problem<T>&, int64_t stack, int64_t row_begin, int64_t row_end, T* scratch);
   void (*forward_small)(const Problem<T>&, int64_t stack, int64_t row_begin, int64_t row_end);
