@@ -55,7 +55,7 @@ def build_tiny_model(
     return build_model_from_args([*tiny_model_args(arch, **size), *extra], src, tgt)
 
 
-KNOWN_ISAS = ("avx512", "avx2", "portable")
+KNOWN_ISAS = ("avx512", "avx2", "neon", "portable")
 _ALIASES = {"avx512f": "avx512"}
 
 

@@ -17,7 +17,7 @@
 namespace kaleidoscope {
 namespace {
 
-enum Isa : int { kAutoIsa = 0, kAvx512, kAvx2, kPortable };
+enum Isa : int { kAutoIsa = 0, kAvx512, kAvx2, kNeon, kPortable };
 enum Path : int { kAutoPath = 0, kTiles, kSmall };
 
 // Set by kaleidoscope::set_cpu_kernel (tests force every path in turn).
@@ -31,17 +31,30 @@ bool isa_supported(int isa) {
 #else
   if (isa == kAvx512 || isa == kAvx2) return false;
 #endif
+  if (isa == kNeon) {
+#if defined(__aarch64__)
+    return true;  // every aarch64 CPU has NEON
+#else
+    return false;
+#endif
+  }
   return isa == kPortable;
 }
 
 int active_isa() {
   const int forced = forced_isa.load();
   if (forced != kAutoIsa) return forced;
-  return isa_supported(kAvx512) ? kAvx512 : isa_supported(kAvx2) ? kAvx2 : kPortable;
+  for (int isa : {kAvx512, kAvx2, kNeon})
+    if (isa_supported(isa)) return isa;
+  return kPortable;
 }
 
 const char* isa_name(int isa) {
-  return isa == kAvx512 ? "avx512" : isa == kAvx2 ? "avx2" : isa == kPortable ? "portable" : "auto";
+  return isa == kAvx512 ? "avx512"
+         : isa == kAvx2 ? "avx2"
+         : isa == kNeon ? "neon"
+         : isa == kPortable ? "portable"
+                            : "auto";
 }
 
 const char* path_name(int path) { return path == kTiles ? "tiles" : path == kSmall ? "small" : "auto"; }
@@ -54,6 +67,9 @@ const cpu::Kernels<float>& kernels<float>() {
   const int isa = active_isa();
   if (isa == kAvx512) return cpu::avx512::kernels_f32;
   if (isa == kAvx2) return cpu::avx2::kernels_f32;
+#endif
+#if defined(__aarch64__)
+  if (active_isa() == kNeon) return cpu::neon::kernels_f32;
 #endif
   return cpu::portable::kernels_f32;
 }
@@ -212,11 +228,11 @@ std::tuple<at::Tensor, at::Tensor> butterfly_multiply_backward_cpu(const at::Ten
 
 void set_cpu_kernel(std::string isa, std::string path) {
   int i = -1, p = -1;
-  for (int k : {kAutoIsa, kAvx512, kAvx2, kPortable})
+  for (int k : {kAutoIsa, kAvx512, kAvx2, kNeon, kPortable})
     if (isa == isa_name(k)) i = k;
   for (int k : {kAutoPath, kTiles, kSmall})
     if (path == path_name(k)) p = k;
-  TORCH_CHECK_VALUE(i >= 0, "set_cpu_kernel: unknown isa '", isa, "'; expected auto, avx512, avx2 or portable");
+  TORCH_CHECK_VALUE(i >= 0, "set_cpu_kernel: unknown isa '", isa, "'; expected auto, avx512, avx2, neon or portable");
   TORCH_CHECK_VALUE(p >= 0, "set_cpu_kernel: unknown path '", path, "'; expected auto, tiles or small");
   TORCH_CHECK(i == kAutoIsa || isa_supported(i), "set_cpu_kernel: this CPU does not support ", isa);
   forced_isa.store(i);
@@ -226,7 +242,7 @@ void set_cpu_kernel(std::string isa, std::string path) {
 // [isa in use, path setting, comma-separated ISAs this CPU supports].
 std::vector<std::string> get_cpu_kernel() {
   std::string supported;
-  for (int k : {kAvx512, kAvx2, kPortable}) {
+  for (int k : {kAvx512, kAvx2, kNeon, kPortable}) {
     if (!isa_supported(k)) continue;
     supported += supported.empty() ? "" : ",";
     supported += isa_name(k);

@@ -1,6 +1,6 @@
 // Raw-pointer interface between the torch glue (butterfly_cpu.cpp) and the kernels, which
 // are compiled once per instruction set (kernels_avx512.cpp, kernels_avx2.cpp,
-// kernels_portable.cpp) and chosen at run time. Nothing here includes torch: the
+// kernels_neon.cpp, kernels_portable.cpp) and chosen at run time. Nothing here includes torch: the
 // per-ISA files must not instantiate any inline function that the rest of the program
 // also uses (the linker would keep one copy, possibly the AVX-512 one).
 #pragma once
@@ -61,6 +61,9 @@ namespace avx512 {
 extern const Kernels<float> kernels_f32;
 extern const Kernels<double> kernels_f64;
 }  // namespace avx512
+namespace neon {  // aarch64 only; float64 runs the portable kernels there
+extern const Kernels<float> kernels_f32;
+}  // namespace neon
 
 }  // namespace cpu
 }  // namespace kaleidoscope

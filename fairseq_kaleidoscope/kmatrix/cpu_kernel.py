@@ -1,7 +1,7 @@
 """Which compiled CPU kernel runs the butterfly multiply: inspect it, or force one.
 
-By default the instruction set is the best the CPU supports (AVX-512, else AVX2+FMA,
-else portable C++) and the code path is chosen per call (batch-vectorised tiles, with
+By default the instruction set is the best the CPU supports (AVX-512, else AVX2+FMA on
+x86-64; NEON on aarch64, float32; else portable C++) and the code path is chosen per call (batch-vectorised tiles, with
 the pair-vectorised small-batch path for batches and remainders of a few rows). Tests
 and benchmarks force each in turn; the setting is process-wide.
 """
@@ -15,7 +15,7 @@ import torch
 
 from .ops import HAS_EXTENSION
 
-ISAS = ("avx512", "avx2", "portable")
+ISAS = ("avx512", "avx2", "neon", "portable")
 PATHS = ("tiles", "small")
 
 
@@ -38,7 +38,7 @@ def get_cpu_kernel() -> tuple[str, str]:
 
 
 def set_cpu_kernel(isa: str = "auto", path: str = "auto") -> None:
-    """Force an instruction set (``auto``, ``avx512``, ``avx2``, ``portable``) and a forward
+    """Force an instruction set (``auto``, ``avx512``, ``avx2``, ``neon``, ``portable``) and a forward
     path (``auto``, ``tiles``, ``small``). Raises if the CPU lacks the instruction set."""
     _require_extension()
     torch.ops.kaleidoscope.set_cpu_kernel(isa, path)
