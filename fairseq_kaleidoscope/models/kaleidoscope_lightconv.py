@@ -30,7 +30,7 @@ from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
 from ..modules.dynamic_convolution import IncrementalState
-from ..modules.kmatrix_layers import OUTPUT_PROJECTION, kmatrix_options, make_linear, parse_kmatrix_layers
+from ..modules.kmatrix_layers import OUTPUT_PROJECTION, chosen_kmatrix_layers, kmatrix_options, make_linear
 from ..modules.lightconv_layers import (
     DECODER_SUBLAYERS,
     ENCODER_SUBLAYERS,
@@ -38,7 +38,7 @@ from ..modules.lightconv_layers import (
     LightConvEncoderLayer,
 )
 from .int8_inference import Int8DenseInference
-from .kmatrix_config import KMatrixConfig
+from .kmatrix_config import KMatrixConfig, set_architecture_defaults
 
 EncoderOut = dict[str, list[Tensor]]
 KMATRIX_SUBLAYERS = {"encoder": ENCODER_SUBLAYERS, "decoder": (*DECODER_SUBLAYERS, OUTPUT_PROJECTION)}
@@ -130,7 +130,7 @@ class KaleidoscopeLightConvModel(Int8DenseInference, FairseqEncoderDecoderModel)
 
     @classmethod
     def build_model(cls, cfg: object, task: object) -> "KaleidoscopeLightConvModel":
-        chosen = parse_kmatrix_layers(cfg.kmatrix_layers, KMATRIX_SUBLAYERS, "kaleidoscope_lightconv")
+        chosen, tie = chosen_kmatrix_layers(cfg, KMATRIX_SUBLAYERS, "kaleidoscope_lightconv")
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         if cfg.share_all_embeddings:
             if src_dict != tgt_dict:
@@ -142,9 +142,6 @@ class KaleidoscopeLightConvModel(Int8DenseInference, FairseqEncoderDecoderModel)
         else:
             enc_embed = _embedding(src_dict, cfg.encoder_embed_dim)
             dec_embed = _embedding(tgt_dict, cfg.decoder_embed_dim)
-        tie = bool(cfg.share_all_embeddings or cfg.share_decoder_input_output_embed)
-        if tie and OUTPUT_PROJECTION in chosen["decoder"]:
-            raise ValueError("decoder.output_projection cannot be a K-matrix when the output embedding is tied")
         encoder = KaleidoscopeLightConvEncoder(cfg, src_dict, enc_embed, chosen["encoder"])
         decoder = KaleidoscopeLightConvDecoder(cfg, tgt_dict, dec_embed, chosen["decoder"], tie)
         model = cls(encoder, decoder)
@@ -368,18 +365,10 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
 # ``kaleidoscope_lightconv`` itself, with the dataclass defaults.
 
 
-def base_architecture(args: object) -> None:
-    """Fill every option not set with the dataclass default."""
-    defaults = KaleidoscopeLightConvConfig()
-    for name in defaults.__dataclass_fields__:
-        if not name.startswith("_") and safe_getattr(args, name, None) is None:
-            setattr(args, name, getattr(defaults, name))
-
-
 @register_model_architecture("kaleidoscope_lightconv", "kaleidoscope_lightconv_iwslt_de_en")
 def lightconv_iwslt_de_en(args: object) -> None:
     """fairseq's ``lightconv_iwslt_de_en`` with ``--encoder-glu 0 --decoder-glu 0`` (the paper's model)."""
-    for name, value in {
+    set_architecture_defaults(args, KaleidoscopeLightConvConfig, {
         "encoder_embed_dim": 512,
         "encoder_ffn_embed_dim": 1024,
         "encoder_attention_heads": 4,
@@ -393,7 +382,4 @@ def lightconv_iwslt_de_en(args: object) -> None:
         "input_dropout": 0.0,
         "encoder_glu": 0,
         "decoder_glu": 0,
-    }.items():
-        setattr(args, name, safe_getattr(args, name, value))
-    base_architecture(args)
-
+    })  # fmt: skip

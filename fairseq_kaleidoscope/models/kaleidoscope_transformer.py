@@ -17,7 +17,6 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerModel
-from fairseq.utils import safe_getattr
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -25,13 +24,13 @@ from ..compat.fairseq_private import route_attention_through_projections
 from ..modules.kmatrix_layers import (
     OUTPUT_PROJECTION,
     KMatrixOptions,
+    chosen_kmatrix_layers,
     kmatrix_options,
     make_linear,
-    parse_kmatrix_layers,
     replace_linear,
 )
 from .int8_inference import Int8DenseInference
-from .kmatrix_config import KMatrixConfig
+from .kmatrix_config import KMatrixConfig, set_architecture_defaults
 
 SELF_ATTN = {"self_attn_q": "q_proj", "self_attn_k": "k_proj", "self_attn_v": "v_proj", "self_attn_out": "out_proj"}
 ENC_ATTN = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_out": "out_proj"}
@@ -90,10 +89,7 @@ class KaleidoscopeTransformerModel(Int8DenseInference, TransformerModel):
 
     @classmethod
     def build_model(cls, cfg: object, task: object) -> "KaleidoscopeTransformerModel":
-        chosen = parse_kmatrix_layers(cfg.kmatrix_layers, KMATRIX_SUBLAYERS, "kaleidoscope_transformer")
-        tie = bool(cfg.share_all_embeddings or cfg.share_decoder_input_output_embed)
-        if tie and OUTPUT_PROJECTION in chosen["decoder"]:
-            raise ValueError("decoder.output_projection cannot be a K-matrix when the output embedding is tied")
+        chosen, _ = chosen_kmatrix_layers(cfg, KMATRIX_SUBLAYERS, "kaleidoscope_transformer")
         kopts = kmatrix_options(cfg)
         model = super().build_model(_as_namespace(cfg), task)
         for layer in model.encoder.layers:
@@ -126,17 +122,10 @@ def _swap_layer(layer: nn.Module, chosen: frozenset[str], kopts: KMatrixOptions,
 # ``kaleidoscope_transformer`` itself, with the dataclass defaults.
 
 
-def base_architecture(args: object) -> None:
-    defaults = KaleidoscopeTransformerConfig()
-    for name in defaults.__dataclass_fields__:
-        if not name.startswith("_") and safe_getattr(args, name, None) is None:
-            setattr(args, name, getattr(defaults, name))
-
-
 @register_model_architecture("kaleidoscope_transformer", "kaleidoscope_transformer_iwslt_de_en")
 def transformer_iwslt_de_en(args: object) -> None:
     """fairseq's ``transformer_iwslt_de_en`` sizes."""
-    for name, value in {
+    set_architecture_defaults(args, KaleidoscopeTransformerConfig, {
         "encoder_embed_dim": 512,
         "encoder_ffn_embed_dim": 1024,
         "encoder_attention_heads": 4,
@@ -145,6 +134,4 @@ def transformer_iwslt_de_en(args: object) -> None:
         "decoder_ffn_embed_dim": 1024,
         "decoder_attention_heads": 4,
         "decoder_layers": 6,
-    }.items():
-        setattr(args, name, safe_getattr(args, name, value))
-    base_architecture(args)
+    })  # fmt: skip

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.utils import safe_getattr
 
 from ..kmatrix.init import INITS
 
@@ -33,3 +34,12 @@ class KMatrixConfig(FairseqDataclass):
             "quantized. Set it at generation time: --model-overrides \"{'int8_dense': 'output_projection'}\""
         },
     )
+
+
+def set_architecture_defaults(args: object, config: type[FairseqDataclass], sizes: dict[str, object]) -> None:
+    """The body of an architecture function: every option the command line left unset gets the
+    architecture's value in ``sizes``, or else the ``config`` dataclass default."""
+    defaults = config()
+    for name in defaults.__dataclass_fields__:
+        if not name.startswith("_") and safe_getattr(args, name, None) is None:
+            setattr(args, name, sizes.get(name, getattr(defaults, name)))

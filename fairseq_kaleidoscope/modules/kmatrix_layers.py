@@ -69,6 +69,17 @@ def parse_kmatrix_layers(spec: str, available: Mapping[str, Sequence[str]], arch
     return {side: frozenset(chosen[side]) for side in SIDES}
 
 
+def chosen_kmatrix_layers(
+    cfg: object, available: Mapping[str, Sequence[str]], arch: str
+) -> tuple[dict[str, frozenset[str]], bool]:
+    """The parsed ``--kmatrix-layers`` of a model config, and whether the output embedding is tied."""
+    chosen = parse_kmatrix_layers(cfg.kmatrix_layers, available, arch)
+    tie = bool(cfg.share_all_embeddings or cfg.share_decoder_input_output_embed)
+    if tie and OUTPUT_PROJECTION in chosen["decoder"]:
+        raise ValueError("decoder.output_projection cannot be a K-matrix when the output embedding is tied")
+    return chosen, tie
+
+
 def describe_kmatrix_layers(available: Mapping[str, Sequence[str]]) -> str:
     parts = []
     for side, names in available.items():
@@ -78,14 +89,19 @@ def describe_kmatrix_layers(available: Mapping[str, Sequence[str]]) -> str:
     return "Valid entries (comma-separated): " + "; ".join(parts) + "; or 'none'."
 
 
+def dense_linear(in_features: int, out_features: int, bias: bool) -> nn.Linear:
+    """fairseq's init for the projections: Xavier-uniform weight, zero bias."""
+    m = nn.Linear(in_features, out_features, bias)
+    nn.init.xavier_uniform_(m.weight)
+    if bias:
+        nn.init.zeros_(m.bias)
+    return m
+
+
 def make_linear(in_features: int, out_features: int, bias: bool, kmatrix: KMatrixOptions | None) -> nn.Module:
     """A dense ``nn.Linear`` with fairseq's init, or a ``KaleidoscopeLinear`` tagged for the optimizer."""
     if kmatrix is None:
-        m = nn.Linear(in_features, out_features, bias)
-        nn.init.xavier_uniform_(m.weight)
-        if bias:
-            nn.init.zeros_(m.bias)
-        return m
+        return dense_linear(in_features, out_features, bias)
     k = KaleidoscopeLinear(in_features, out_features, bias=bias, nblocks=kmatrix.nblocks, init=kmatrix.init)
     if bias:
         nn.init.zeros_(k.bias)
