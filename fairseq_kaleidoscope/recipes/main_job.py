@@ -37,6 +37,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..bench.output import pyplot, save_figure
 from .progress import stage
 
 USER_DIR = str(Path(__file__).resolve().parent.parent)
@@ -251,12 +252,7 @@ def reading(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_q, ax_s) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_q, ax_s) = pyplot().subplots(1, 2, figsize=(10, 4))
     for ax, part, key, label in ((ax_q, "quality", "bleu", "BLEU (test)"), (ax_s, "speed", "speedup", "speed-up")):
         rows = [r for r in report["rows"] if r["part"] == part]
         bars = ax.bar([r["model"] for r in rows], [r[key] for r in rows], color=[f"C{i}" for i in range(len(rows))])
@@ -268,9 +264,7 @@ def plot(report: dict, path: Path) -> None:
     ax_q.set_title(f"quality: trained, width {report['quality_width']}, beam 4", fontsize=10)
     ax_s.set_title("speed: paper's size (width 512), batch 1 greedy", fontsize=10)
     fig.suptitle(f"fairseq-kaleidoscope main job — {report['machine']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> dict:
