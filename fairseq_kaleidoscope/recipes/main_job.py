@@ -136,37 +136,30 @@ def speed_options(kmatrix_layers: str) -> str:
     return f"--arch {SPEED_ARCH} --kmatrix-layers {kmatrix_layers}"
 
 
-def decode_quality(args: argparse.Namespace, data: Path, checkpoints: dict[str, Path], out: Path) -> dict:
+def decode(args: argparse.Namespace, data: Path, out: Path, options: list[str]) -> dict:
+    """One ``decode_bench`` run on one thread (its report), with the options of one part."""
     from . import decode_bench
 
-    bench = [str(data), "--out-dir", str(out), "--threads", "1", "--progress-every", "1000"]
-    bench += [arg for name, path in checkpoints.items() for arg in ("--checkpoint", f"{name}={path}")]
-    bench += ["--setting", f"beam{args.quality_beam}:{args.quality_batch}:{args.quality_beam}"]
-    bench += ["--title", "Main job, quality: trained small models, natural decoding"]
+    bench = [str(data), "--out-dir", str(out), "--threads", "1", "--progress-every", "1000", *options]
     if args.remove_bpe:
         bench.append("--remove-bpe")
-    return decode_bench.run_benchmark(_bench_args(bench))
+    return decode_bench.run_benchmark(decode_bench.build_parser().parse_args(bench))
+
+
+def decode_quality(args: argparse.Namespace, data: Path, checkpoints: dict[str, Path], out: Path) -> dict:
+    bench = [arg for name, path in checkpoints.items() for arg in ("--checkpoint", f"{name}={path}")]
+    bench += ["--setting", f"beam{args.quality_beam}:{args.quality_batch}:{args.quality_beam}"]
+    return decode(args, data, out, [*bench, "--title", "Main job, quality: trained small models, natural decoding"])
 
 
 def decode_speed(args: argparse.Namespace, data: Path, out: Path) -> dict:
-    from . import decode_bench
-
-    bench = [str(data), "--out-dir", str(out), "--threads", "1", "--progress-every", "1000"]
-    bench += ["--random", f"dense={speed_options('none')}"]
+    bench = ["--random", f"dense={speed_options('none')}"]
     bench += ["--random", f"dense-int8={speed_options('none')}", "--int8", "dense-int8=all"]
     bench += ["--random", f"kmatrix={speed_options('decoder.all')}"]
     bench += ["--random", f"kmatrix+int8={speed_options('decoder.all')}", "--int8", f"kmatrix+int8={SPEED_INT8}"]
     bench += ["--forced-length", "--max-sentences", str(args.speed_sentences), "--repeats", str(args.repeats)]
-    bench += ["--setting", "batch1-greedy:1:1", "--title", f"Main job, speed: {SPEED_ARCH}, forced lengths"]
-    if args.remove_bpe:
-        bench.append("--remove-bpe")
-    return decode_bench.run_benchmark(_bench_args(bench))
-
-
-def _bench_args(argv: list[str]) -> argparse.Namespace:
-    from . import decode_bench
-
-    return decode_bench.build_parser().parse_args(argv)
+    return decode(args, data, out, [*bench, "--setting", "batch1-greedy:1:1", "--title",
+                                    f"Main job, speed: {SPEED_ARCH}, forced lengths"])
 
 
 def combine(quality: dict, speed: dict, seconds: float, args: argparse.Namespace) -> dict:
