@@ -115,6 +115,16 @@ def _embedding(dictionary: object, dim: int) -> nn.Embedding:
     return m
 
 
+def _positions(cfg: object, limit: int, embed_tokens: nn.Embedding, learned: bool) -> nn.Module | None:
+    if cfg.no_token_positional_embeddings:
+        return None
+    return PositionalEmbedding(limit, embed_tokens.embedding_dim, embed_tokens.padding_idx, learned=learned)
+
+
+def _max_positions(limit: int, embed_positions: nn.Module | None) -> int:
+    return limit if embed_positions is None else min(limit, embed_positions.max_positions)
+
+
 def _upgrade_state_dict(state_dict: dict[str, Tensor], name: str) -> dict[str, Tensor]:
     """Accept checkpoints without the ``version`` buffer, and fairseq lightconv ones (unused ``conv_bias``)."""
     prefix = f"{name}." if name else ""
@@ -179,11 +189,7 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
         self.max_source_positions = cfg.max_source_positions
         self.embed_tokens = embed_tokens
         self.embed_scale = math.sqrt(dim)
-        self.embed_positions = (
-            None
-            if cfg.no_token_positional_embeddings
-            else PositionalEmbedding(cfg.max_source_positions, dim, self.padding_idx, learned=cfg.encoder_learned_pos)
-        )
+        self.embed_positions = _positions(cfg, cfg.max_source_positions, embed_tokens, cfg.encoder_learned_pos)
         kopts = kmatrix_options(cfg)
         sizes = _kernel_sizes(cfg.encoder_kernel_size_list, cfg.encoder_layers, "encoder")
         self.layers = nn.ModuleList([LightConvEncoderLayer(cfg, k, kmatrix, kopts) for k in sizes])
@@ -230,9 +236,7 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
         return {**encoder_out, "encoder_rows": [new]}
 
     def max_positions(self) -> int:
-        if self.embed_positions is None:
-            return self.max_source_positions
-        return min(self.max_source_positions, self.embed_positions.max_positions)
+        return _max_positions(self.max_source_positions, self.embed_positions)
 
 
 class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
@@ -245,13 +249,7 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
         self.max_target_positions = cfg.max_target_positions
         self.embed_tokens = embed_tokens
         self.embed_scale = math.sqrt(dim)
-        self.embed_positions = (
-            None
-            if cfg.no_token_positional_embeddings
-            else PositionalEmbedding(
-                cfg.max_target_positions, dim, embed_tokens.padding_idx, learned=cfg.decoder_learned_pos
-            )
-        )
+        self.embed_positions = _positions(cfg, cfg.max_target_positions, embed_tokens, cfg.decoder_learned_pos)
         kopts = kmatrix_options(cfg)
         sizes = _kernel_sizes(cfg.decoder_kernel_size_list, cfg.decoder_layers, "decoder")
         self.layers = nn.ModuleList([LightConvDecoderLayer(cfg, k, kmatrix, kopts) for k in sizes])
@@ -356,9 +354,7 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
             layer.reorder_incremental_state(incremental_state, new_order)
 
     def max_positions(self) -> int:
-        if self.embed_positions is None:
-            return self.max_target_positions
-        return min(self.max_target_positions, self.embed_positions.max_positions)
+        return _max_positions(self.max_target_positions, self.embed_positions)
 
 
 # ``register_model(..., dataclass=...)`` also registers the architecture

@@ -20,23 +20,23 @@ from fairseq.models.transformer import TransformerModel
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..compat.fairseq_private import route_attention_through_projections
 from ..modules.kmatrix_layers import (
+    ATTN_PROJ,
     OUTPUT_PROJECTION,
     KMatrixOptions,
     chosen_kmatrix_layers,
     kmatrix_options,
     make_linear,
     replace_linear,
+    replace_projections,
 )
 from .int8_inference import Int8DenseInference
 from .kmatrix_config import KMatrixConfig, set_architecture_defaults
 
 SELF_ATTN = {"self_attn_q": "q_proj", "self_attn_k": "k_proj", "self_attn_v": "v_proj", "self_attn_out": "out_proj"}
-ENC_ATTN = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_out": "out_proj"}
 KMATRIX_SUBLAYERS = {
     "encoder": (*SELF_ATTN, "fc1", "fc2"),
-    "decoder": (*SELF_ATTN, *ENC_ATTN, "fc1", "fc2", OUTPUT_PROJECTION),
+    "decoder": (*SELF_ATTN, *ATTN_PROJ, "fc1", "fc2", OUTPUT_PROJECTION),
 }
 
 
@@ -104,15 +104,9 @@ class KaleidoscopeTransformerModel(Int8DenseInference, TransformerModel):
 
 
 def _swap_layer(layer: nn.Module, chosen: frozenset[str], kopts: KMatrixOptions, has_encoder_attn: bool) -> None:
-    attention = [(layer.self_attn, SELF_ATTN)]
+    replace_projections(layer.self_attn, SELF_ATTN, chosen, kopts)
     if has_encoder_attn:
-        attention.append((layer.encoder_attn, ENC_ATTN))
-    for attn, names in attention:
-        swapped = [proj for name, proj in names.items() if name in chosen]
-        for proj in swapped:
-            replace_linear(attn, proj, kopts)
-        if swapped:
-            route_attention_through_projections(attn)
+        replace_projections(layer.encoder_attn, ATTN_PROJ, chosen, kopts)
     for name in ("fc1", "fc2"):
         if name in chosen:
             replace_linear(layer, name, kopts)
