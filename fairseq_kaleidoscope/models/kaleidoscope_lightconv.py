@@ -38,25 +38,24 @@ from ..modules.lightconv_layers import (
     LightConvEncoderLayer,
 )
 from .int8_inference import Int8DenseInference
-from .kmatrix_config import KMatrixConfig, set_architecture_defaults
+from .kmatrix_config import EncoderDecoderConfig, set_architecture_defaults
 
 EncoderOut = dict[str, list[Tensor]]
 KMATRIX_SUBLAYERS = {"encoder": ENCODER_SUBLAYERS, "decoder": (*DECODER_SUBLAYERS, OUTPUT_PROJECTION)}
 
 
 @dataclass
-class KaleidoscopeLightConvConfig(KMatrixConfig):
-    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+class KaleidoscopeLightConvConfig(EncoderDecoderConfig):
+    """The options of ``kaleidoscope_lightconv`` beyond the shared ones (:class:`EncoderDecoderConfig`)."""
+
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on encoder-attention weights"})
     relu_dropout: float = field(default=0.0, metadata={"help": "dropout after ReLU in the FFN"})
     input_dropout: float = field(default=0.1, metadata={"help": "dropout on the convolution block's input"})
     weight_dropout: float = field(default=0.0, metadata={"help": "DropConnect on the convolution taps"})
     weight_softmax: int = field(default=1, metadata={"help": "1: softmax-normalise the taps"})
-    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension"})
     encoder_conv_dim: Optional[int] = field(  # noqa: UP045
         default=None, metadata={"help": "encoder conv channels (default: embed dim)"}
     )
-    encoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "encoder FFN dimension"})
     encoder_layers: int = field(default=7, metadata={"help": "encoder layers"})
     encoder_attention_heads: int = field(default=8, metadata={"help": "encoder DynamicConv heads"})
     encoder_kernel_size_list: List[int] = field(  # noqa: UP006
@@ -64,27 +63,15 @@ class KaleidoscopeLightConvConfig(KMatrixConfig):
         metadata={"help": "encoder kernel sizes, one per layer or a single one for all (odd)"},
     )
     encoder_glu: int = field(default=0, metadata={"help": "1: GLU after the encoder input projection"})
-    encoder_normalize_before: bool = field(default=False, metadata={"help": "pre-norm encoder layers"})
-    encoder_learned_pos: bool = field(default=False, metadata={"help": "learned encoder positions"})
-    decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
     decoder_conv_dim: Optional[int] = field(  # noqa: UP045
         default=None, metadata={"help": "decoder conv channels (default: embed dim)"}
     )
-    decoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "decoder FFN dimension"})
-    decoder_layers: int = field(default=6, metadata={"help": "decoder layers"})
     decoder_attention_heads: int = field(default=8, metadata={"help": "decoder DynamicConv and attention heads"})
     decoder_kernel_size_list: List[int] = field(  # noqa: UP006
         default_factory=lambda: [3, 7, 15, 31, 31, 31],
         metadata={"help": "decoder kernel sizes, one per layer or a single one for all"},
     )
     decoder_glu: int = field(default=0, metadata={"help": "1: GLU after the decoder input projection"})
-    decoder_normalize_before: bool = field(default=False, metadata={"help": "pre-norm decoder layers"})
-    decoder_learned_pos: bool = field(default=False, metadata={"help": "learned decoder positions"})
-    share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "tie decoder in/out embeddings"})
-    share_all_embeddings: bool = field(default=False, metadata={"help": "share all embeddings (joined dictionary)"})
-    no_token_positional_embeddings: bool = field(default=False, metadata={"help": "no positional embeddings"})
-    max_source_positions: int = field(default=1024, metadata={"help": "max source length"})
-    max_target_positions: int = field(default=1024, metadata={"help": "max target length"})
 
 
 def _kernel_sizes(sizes: object, layers: int, side: str) -> list[int]:
@@ -147,11 +134,8 @@ class KaleidoscopeLightConvModel(Int8DenseInference, FairseqEncoderDecoderModel)
                 raise ValueError("--share-all-embeddings requires a joined dictionary")
             if cfg.encoder_embed_dim != cfg.decoder_embed_dim:
                 raise ValueError("--share-all-embeddings requires --encoder-embed-dim to match --decoder-embed-dim")
-            enc_embed = _embedding(src_dict, cfg.encoder_embed_dim)
-            dec_embed = enc_embed
-        else:
-            enc_embed = _embedding(src_dict, cfg.encoder_embed_dim)
-            dec_embed = _embedding(tgt_dict, cfg.decoder_embed_dim)
+        enc_embed = _embedding(src_dict, cfg.encoder_embed_dim)
+        dec_embed = enc_embed if cfg.share_all_embeddings else _embedding(tgt_dict, cfg.decoder_embed_dim)
         encoder = KaleidoscopeLightConvEncoder(cfg, src_dict, enc_embed, chosen["encoder"])
         decoder = KaleidoscopeLightConvDecoder(cfg, tgt_dict, dec_embed, chosen["decoder"], tie)
         model = cls(encoder, decoder)

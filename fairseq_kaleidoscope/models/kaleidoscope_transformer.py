@@ -31,7 +31,7 @@ from ..modules.kmatrix_layers import (
     replace_projections,
 )
 from .int8_inference import Int8DenseInference
-from .kmatrix_config import KMatrixConfig, set_architecture_defaults
+from .kmatrix_config import EncoderDecoderConfig, set_architecture_defaults
 
 SELF_ATTN = {"self_attn_q": "q_proj", "self_attn_k": "k_proj", "self_attn_v": "v_proj", "self_attn_out": "out_proj"}
 KMATRIX_SUBLAYERS = {
@@ -41,32 +41,19 @@ KMATRIX_SUBLAYERS = {
 
 
 @dataclass
-class KaleidoscopeTransformerConfig(KMatrixConfig):
+class KaleidoscopeTransformerConfig(EncoderDecoderConfig):
+    """The options of ``kaleidoscope_transformer`` beyond the shared ones (:class:`EncoderDecoderConfig`)."""
+
     activation_fn: ChoiceEnum(utils.get_available_activation_fns()) = field(
         default="relu", metadata={"help": "activation function"}
     )
-    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
-    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension"})
-    encoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "encoder FFN dimension"})
     encoder_layers: int = field(default=6, metadata={"help": "encoder layers"})
     encoder_attention_heads: int = field(default=8, metadata={"help": "encoder attention heads"})
-    encoder_normalize_before: bool = field(default=False, metadata={"help": "pre-norm encoder layers"})
-    encoder_learned_pos: bool = field(default=False, metadata={"help": "learned encoder positions"})
-    decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
-    decoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "decoder FFN dimension"})
-    decoder_layers: int = field(default=6, metadata={"help": "decoder layers"})
     decoder_attention_heads: int = field(default=8, metadata={"help": "decoder attention heads"})
-    decoder_normalize_before: bool = field(default=False, metadata={"help": "pre-norm decoder layers"})
-    decoder_learned_pos: bool = field(default=False, metadata={"help": "learned decoder positions"})
-    share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "tie decoder in/out embeddings"})
-    share_all_embeddings: bool = field(default=False, metadata={"help": "share all embeddings (joined dictionary)"})
-    no_token_positional_embeddings: bool = field(default=False, metadata={"help": "no positional embeddings"})
     layernorm_embedding: bool = field(default=False, metadata={"help": "layer norm on the embeddings"})
     no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(dim)"})
-    max_source_positions: int = field(default=1024, metadata={"help": "max source length"})
-    max_target_positions: int = field(default=1024, metadata={"help": "max target length"})
 
 
 def _as_namespace(cfg: object) -> argparse.Namespace:
