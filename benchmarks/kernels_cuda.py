@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -30,10 +29,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fairseq_kaleidoscope.bench.output import pyplot, save_figure
 from fairseq_kaleidoscope.kmatrix import KaleidoscopeLinear, butterfly_multiply_ref, uses_compiled_kernel
+from fairseq_kaleidoscope.timing import cpu_name
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 IMPLS = ("kmatrix", "linear", "reference")
+PASSES = ("fwd", "fwd+bwd")
 
 
 def reference_forward(layer: KaleidoscopeLinear) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -74,13 +76,12 @@ def bench_one(impl: str, n: int, batch: int, dtype: torch.dtype, backward: bool,
     device = torch.device(args.device)
     torch.manual_seed(0)
     layer = KaleidoscopeLinear(n, n, nblocks=args.nblocks).to(device, dtype)
+    module: Callable[[torch.Tensor], torch.Tensor] = layer
     if impl == "linear":
-        module: Callable[[torch.Tensor], torch.Tensor] = nn.Linear(n, n).to(device, dtype)
-        params = list(module.parameters())
+        module = nn.Linear(n, n).to(device, dtype)
     elif impl == "reference":
-        module, params = reference_forward(layer), list(layer.parameters())
-    else:
-        module, params = layer, list(layer.parameters())
+        module = reference_forward(layer)
+    params = list(module.parameters() if impl == "linear" else layer.parameters())
     x = torch.randn(batch, n, device=device, dtype=dtype, requires_grad=backward)
     grad_out = torch.randn(batch, n, device=device, dtype=dtype)
 
@@ -93,13 +94,7 @@ def bench_one(impl: str, n: int, batch: int, dtype: torch.dtype, backward: bool,
             with torch.no_grad():
                 module(x)
 
-    row = {
-        "impl": impl,
-        "n": n,
-        "batch": batch,
-        "dtype": str(dtype).removeprefix("torch."),
-        "pass": "fwd+bwd" if backward else "fwd",
-    }
+    row = {"impl": impl, "n": n, "batch": batch, "dtype": str(dtype).removeprefix("torch."), "pass": PASSES[backward]}
     if impl == "kmatrix":
         row["compiled_kernel"] = uses_compiled_kernel(x)
     try:
@@ -114,78 +109,62 @@ def bench_one(impl: str, n: int, batch: int, dtype: torch.dtype, backward: bool,
 
 
 def environment(args: argparse.Namespace) -> dict:
-    env = {
-        "torch": torch.__version__,
-        "device": args.device,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "nblocks": args.nblocks,
-        "warmup": args.warmup,
-        "reps": args.reps,
-    }
+    env = {"torch": torch.__version__, "device": args.device, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+           "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "nblocks": args.nblocks, "warmup": args.warmup,
+           "reps": args.reps}  # fmt: skip
     if args.device == "cuda":
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=props.name, sms=props.multi_processor_count, cuda=torch.version.cuda)
     return env
 
 
-def ratio(rows: dict, key: tuple, num: str, den: str = "kmatrix") -> float | None:
-    a, b = rows.get((num, *key)), rows.get((den, *key))
-    if a is None or b is None or a["median_ms"] is None or b["median_ms"] is None:
-        return None
-    return a["median_ms"] / b["median_ms"]
+def ratio(ms: dict, key: tuple, num: str, den: str = "kmatrix") -> float | None:
+    """``num``'s time over ``den``'s at ``key`` = (n, batch, dtype, pass); None where either was not measured."""
+    a, b = ms.get((num, *key)), ms.get((den, *key))
+    return None if a is None or b is None else a / b
 
 
 def fmt(v: float | None, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def check_targets(rows: dict, keys: list[tuple]) -> list[str]:
-    """The issue's targets, evaluated on the measured rows only."""
+def check_targets(ms: dict, keys: list[tuple]) -> list[str]:
+    """The issue's targets, evaluated on the measured points only."""
     lines = []
     for dtype, min_n in (("float32", 1024), ("bfloat16", 2048)):
+        goal = f"fwd+bwd faster than nn.Linear, {dtype}, n >= {min_n}, batch >= 4096"
         sel = [k for k in keys if k[3] == "fwd+bwd" and k[2] == dtype and k[0] >= min_n and k[1] >= 4096]
-        rs = [ratio(rows, k, "linear") for k in sel]
-        if rs and all(r is not None for r in rs):
-            ok = all(r > 1 for r in rs)
-            lines.append(
-                f"{'PASS' if ok else 'FAIL'}: fwd+bwd faster than nn.Linear, {dtype}, n >= {min_n}, batch >= 4096 "
-                f"(Linear/K-matrix ratios {min(rs):.2f} .. {max(rs):.2f} over {len(rs)} points)"
-            )
+        rs = [ratio(ms, k, "linear") for k in sel]
+        if rs and None not in rs:
+            verdict = "PASS" if all(r > 1 for r in rs) else "FAIL"
+            spread = f"Linear/K-matrix ratios {min(rs):.2f} .. {max(rs):.2f} over {len(rs)} points"
+            lines.append(f"{verdict}: {goal} ({spread})")
         else:
-            lines.append(f"not measured: fwd+bwd vs nn.Linear, {dtype}, n >= {min_n}, batch >= 4096")
-    rs = [r for r in (ratio(rows, k, "reference") for k in keys) if r is not None]
+            lines.append(f"not measured: {goal.replace(' faster than', ' vs')}")
+    rs = [r for r in (ratio(ms, k, "reference") for k in keys) if r is not None]
     if rs:
-        ok = min(rs) >= 10
-        lines.append(
-            f"{'PASS' if ok else 'FAIL'}: >= 10x faster than the reference everywhere "
-            f"(min {min(rs):.1f}x, max {max(rs):.1f}x over {len(rs)} points)"
-        )
+        lines.append(f"{'PASS' if min(rs) >= 10 else 'FAIL'}: >= 10x faster than the reference everywhere "
+                     f"(min {min(rs):.1f}x, max {max(rs):.1f}x over {len(rs)} points)")
     return lines
 
 
-def write_outputs(out: Path, env: dict, results: list[dict], table: list[str], targets: list[str], keys, rows) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(
-        json.dumps({"environment": env, "results": results, "targets": targets}, indent=1)
-    )
-    md = ["# K-matrix CUDA kernels vs nn.Linear vs reference", "", f"Environment: `{json.dumps(env)}`", "", *table]
-    md += ["", "## Targets", "", *[f"- {t}" for t in targets], ""]
-    (out / "results.md").write_text("\n".join(md))
-    try:
-        import matplotlib
+def table(ms: dict, keys: list[tuple]) -> list[str]:
+    lines = ["| dtype | pass | n | batch | K-matrix ms | nn.Linear ms | reference ms | Linear / K | reference / K |",
+             "|" + "---|" * 9]  # fmt: skip
+    for n, batch, dtype, pass_ in keys:
+        cells = [fmt(ms.get((i, n, batch, dtype, pass_))) for i in IMPLS]
+        key = (n, batch, dtype, pass_)
+        cells += [fmt(ratio(ms, key, "linear"), ".2f"), fmt(ratio(ms, key, "reference"), ".1f")]
+        lines.append(f"| {dtype} | {pass_} | {n} | {batch} | " + " | ".join(cells) + " |")
+    return lines
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is in requirements
-        print("matplotlib missing: no plot written")
-        return
+
+def plot(path: Path, ms: dict, keys: list[tuple], env: dict) -> None:
     dtypes = sorted({k[2] for k in keys})
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
     for ax, dtype in zip(axes[0], dtypes, strict=True):
         for batch in sorted({k[1] for k in keys}):
-            pts = [(k[0], ratio(rows, k, "linear")) for k in keys if k[1:] == (batch, dtype, "fwd+bwd")]
+            pts = [(k[0], ratio(ms, k, "linear")) for k in keys if k[1:] == (batch, dtype, "fwd+bwd")]
             pts = [(n, r) for n, r in pts if r is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=f"batch {batch}")
@@ -196,8 +175,7 @@ def write_outputs(out: Path, env: dict, results: list[dict], table: list[str], t
         ax.set_ylabel("nn.Linear time / K-matrix time (fwd+bwd)")
         ax.set_title(f"{dtype}, {env.get('gpu', env['device'])}")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "speedup.png", dpi=120)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,38 +200,27 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(args)
     print(json.dumps(env))
 
-    results, rows, keys = [], {}, []
-    for dtype_name in args.dtype:
-        dtype = DTYPES[dtype_name]
+    results, ms, keys = [], {}, []  # ms: (impl, n, batch, dtype, pass) -> median ms (None: out of memory)
+    for dtype in (DTYPES[d] for d in args.dtype):
         for n in args.n:
-            for batch in args.batch:
-                if batch * n > args.max_elements:
-                    continue
+            for batch in (b for b in args.batch if b * n <= args.max_elements):
                 for backward in (False, True):
-                    key = (n, batch, str(dtype).removeprefix("torch."), "fwd+bwd" if backward else "fwd")
+                    key = (n, batch, str(dtype).removeprefix("torch."), PASSES[backward])
                     keys.append(key)
                     for impl in args.impl:
-                        row = bench_one(impl, n, batch, dtype, backward, args)
-                        results.append(row)
-                        rows[(impl, *key)] = row
-                    print(
-                        f"{key[2]:>8} {key[3]:>7} n={n:5d} batch={batch:6d}  "
-                        + "  ".join(f"{i} {fmt(rows.get((i, *key), {}).get('median_ms'))} ms" for i in args.impl),
-                        flush=True,
-                    )
+                        results.append(bench_one(impl, n, batch, dtype, backward, args))
+                        ms[(impl, *key)] = results[-1]["median_ms"]
+                    print(f"{key[2]:>8} {key[3]:>7} n={n:5d} batch={batch:6d}  "
+                          + "  ".join(f"{i} {fmt(ms[(i, *key)])} ms" for i in args.impl), flush=True)
 
-    header = "| dtype | pass | n | batch | K-matrix ms | nn.Linear ms | reference ms | Linear / K | reference / K |"
-    table = [header, "|" + "---|" * 9]
-    for key in keys:
-        ms = [rows.get((i, *key), {}).get("median_ms") for i in IMPLS]
-        table.append(
-            f"| {key[2]} | {key[3]} | {key[0]} | {key[1]} | {fmt(ms[0])} | {fmt(ms[1])} | {fmt(ms[2])} | "
-            f"{fmt(ratio(rows, key, 'linear'), '.2f')} | {fmt(ratio(rows, key, 'reference'), '.1f')} |"
-        )
-    targets = check_targets(rows, keys)
-    print("\n".join(table))
-    print("\n".join(targets))
-    write_outputs(args.out, env, results, table, targets, keys, rows)
+    lines, targets = table(ms, keys), check_targets(ms, keys)
+    print("\n".join(lines + targets))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"environment": env, "results": results, "targets": targets},
+                                                      indent=1))  # fmt: skip
+    md = ["# K-matrix CUDA kernels vs nn.Linear vs reference", "", f"Environment: `{json.dumps(env)}`", "", *lines]
+    (args.out / "results.md").write_text("\n".join([*md, "", "## Targets", "", *[f"- {t}" for t in targets], ""]))
+    plot(args.out / "speedup.png", ms, keys, env)
     print(f"wrote {args.out}/results.json, results.md, speedup.png")
     return 0
 

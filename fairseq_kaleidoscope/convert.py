@@ -296,8 +296,8 @@ def convert(
             werr = float((wk - w).norm() / w.norm().clamp_min(1e-30))
             oerr = None
             if x_test is not None:
-                x = x_test
-                oerr = float((x @ wk.t() - x @ w.t()).norm() / (x @ w.t()).norm().clamp_min(1e-30))
+                want = x_test @ w.t()
+                oerr = float((x_test @ wk.t() - want).norm() / want.norm().clamp_min(1e-30))
         nrows = inputs[name].shape[0] if name in inputs else 0
         reports.append(LayerReport(name, (w.shape[0], w.shape[1]), werr, oerr, nrows, seconds))
         out_txt = "" if oerr is None else f", held-out output rel. error {oerr:.4f}"

@@ -13,7 +13,6 @@ from fairseq_kaleidoscope.modules.dynconv_step import (
     dynconv_step_ref,
     has_compiled_dynconv_step,
     reorder_cache,
-    uses_compiled_dynconv_step,
 )
 
 needs_op = pytest.mark.skipif(not has_compiled_dynconv_step(), reason="compiled extension not built")
@@ -202,14 +201,18 @@ def test_reorder_before_the_first_step_and_bad_arguments() -> None:
         reorder_cache(cache[0], torch.tensor([1, 0]), 0)
 
 
-def test_other_dtypes_use_the_reference() -> None:
+def test_other_dtypes_use_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fairseq_kaleidoscope.modules import dynconv_step as module
+
+    calls: list[int] = []
+    monkeypatch.setattr(module, "dynconv_step_ref", lambda *args: calls.append(1) or dynconv_step_ref(*args))
     B, H, K, R = 2, 2, 3, 4
     xs, logits = _inputs(5, B, H, K, R)
     xs, logits = xs.double(), logits.double()
-    assert not uses_compiled_dynconv_step(xs[0], logits[0], torch.zeros(B, K, H * R, dtype=torch.double))
     a, b = torch.zeros(B, K, H * R, dtype=torch.double), torch.zeros(B, K, H * R, dtype=torch.double)
     for t in range(5):
         torch.testing.assert_close(dynconv_step(xs[t], logits[t], a, t), dynconv_step_ref(xs[t], logits[t], b, t))
+    assert len(calls) == 5  # every float64 step went through the reference, none through the op
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the op, the reference

@@ -54,3 +54,18 @@ def test_block_is_butterfly_times_transposed_butterfly():
     b = dense_kmatrix(tw1[None].numpy(), increasing=True)
     m = butterfly_multiply_ref(tw, torch.eye(n, dtype=torch.float64)[:, None], False)[:, 0].T.numpy()
     np.testing.assert_allclose(m, b @ b.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.float64])
+@pytest.mark.parametrize("increasing", [False, True])
+def test_one_input_stack_is_broadcast_over_the_twiddle_stacks(dtype, increasing):
+    """What fit's population relies on: x (batch, 1, n) is x expanded to every stack, gradients too."""
+    tw = torch.randn(3, 4, 4, 8, 2, 2, dtype=dtype, requires_grad=True)
+    x1 = torch.randn(5, 1, 16, dtype=dtype, requires_grad=True)
+    out = butterfly_multiply_ref(tw, x1, increasing)
+    want = butterfly_multiply_ref(tw, x1.expand(-1, 3, -1), increasing)
+    assert out.shape == (5, 3, 16)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (tw, x1), g), torch.autograd.grad(want, (tw, x1), g), strict=True):
+        torch.testing.assert_close(a, b)

@@ -26,11 +26,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import logging
-import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +35,9 @@ import torch.nn.functional as F
 
 from fairseq_kaleidoscope.modules import DynamicConv
 from fairseq_kaleidoscope.modules.dynconv_step import dynconv_step, dynconv_step_ref, has_compiled_dynconv_step
-from fairseq_kaleidoscope.timing import interleaved_medians, machine_description
+from fairseq_kaleidoscope.timing import interleaved_medians
+
+from .output import fmt_load, pyplot, run_meta, save_figure, write_json
 
 IMPLS = ("module", "lin+op", "lin+cat", "cat+ein", "op", "op raw", "ref", "op hot")
 BATCHES = (1, 4, 512)
@@ -183,17 +181,8 @@ def write_markdown(path: Path, meta: dict, rows: list[dict]) -> None:
     path.write_text("\n".join(lines))
 
 
-def fmt_load(load: tuple[float, float, float]) -> str:
-    return "/".join(f"{v:.1f}" for v in load)
-
-
 def plot(path: Path, rows: list[dict]) -> None:
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's import turns on DEBUG logging
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ks = sorted({r["K"] for r in rows})
     fig, axes = plt.subplots(1, len(ks), figsize=(3.4 * len(ks), 3.0), squeeze=False, sharey=True)
     styles = {
@@ -212,9 +201,7 @@ def plot(path: Path, rows: list[dict]) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("µs per step")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,26 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     default_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    meta = {
-        "machine": machine_description(),
-        "cpus": os.cpu_count(),
-        "C": args.channels,
-        "H": args.heads,
-        "threads": args.threads,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join([
-            "python -m fairseq_kaleidoscope bench-dynconv",
-            *(sys.argv[1:] if argv is None else argv),
-        ]),
-        "loadavg_start": os.getloadavg(),
-    }
+    meta = {**run_meta("python -m fairseq_kaleidoscope bench-dynconv", argv), "C": args.channels, "H": args.heads,
+            "threads": args.threads}  # fmt: skip
     print(meta["machine"])
     print(HEADER)
     rows = run_grid(args)
     torch.set_num_threads(default_threads)
-    meta["loadavg_end"] = os.getloadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dynconv_step.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_json(args.out / "dynconv_step.json", meta, rows)
     write_markdown(args.out / "dynconv_step.md", meta, rows)
     plot(args.out / "dynconv_step.png", rows)
     print(f"wrote {args.out / 'dynconv_step.json'}, dynconv_step.md, dynconv_step.png")

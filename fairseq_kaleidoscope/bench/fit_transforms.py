@@ -22,10 +22,7 @@ Prints a markdown table; writes fit_transforms.{json,png} to --out (default benc
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,7 +34,8 @@ import torch
 
 from fairseq_kaleidoscope.kmatrix.constructors import bit_reversal_permutation
 from fairseq_kaleidoscope.kmatrix.fit import fit
-from fairseq_kaleidoscope.timing import cpu_name
+
+from .output import pyplot, run_meta, save_figure, write_json
 
 TARGETS = ("dft", "dct", "hadamard", "permutation", "toeplitz", "random")
 SIZES = (8, 32, 128, 512, 1024)
@@ -115,12 +113,7 @@ def markdown(rows: list[dict], sizes: list[int], targets: list[str]) -> str:
 
 
 def plot(rows: list[dict], targets: list[str], threshold: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2) = pyplot().subplots(1, 2, figsize=(11, 4.2))
     for t in targets:
         rs = sorted((r for r in rows if r["target"] == t), key=lambda r: r["n"])
         if not rs:
@@ -137,8 +130,7 @@ def plot(rows: list[dict], targets: list[str], threshold: float, path: Path) -> 
         ax.grid(True, which="both", alpha=0.3)
     ax1.legend(fontsize=8)
     fig.suptitle("Learning K-matrix twiddles for structured transforms (one BBᵀ block, complex twiddles)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,17 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"sizes must be powers of two >= 2, got {n}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    machine = {
-        "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(),
-        "load_average_start": os.getloadavg(),
-        "command": " ".join(
-            ["python -m fairseq_kaleidoscope fit-transforms", *(sys.argv[1:] if argv is None else argv)]
-        ),
-    }
-    print(f"# {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
-          f"({machine['torch_threads']} threads), load average {machine['load_average_start']}", flush=True)
+    meta = run_meta("python -m fairseq_kaleidoscope fit-transforms", argv)
+    print(f"# {meta['machine']}, load average {meta['loadavg_start']}", flush=True)
     rows: list[dict] = []
     start = time.perf_counter()
     for n in sizes:
@@ -188,14 +171,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             print(f"{name:12s} n={n:5d}  rmse {r['rmse']:.2e}  rel {r['relative_error']:.1e}  {r['seconds']:7.1f} s  "
                   f"{r['steps']:5d} steps  stop={r['stop']}", flush=True)
-            (args.out / "fit_transforms.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-    machine["load_average_end"] = os.getloadavg()
-    machine["total_seconds"] = time.perf_counter() - start
-    (args.out / "fit_transforms.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+            write_json(args.out / "fit_transforms.json", meta, rows)  # partial results survive an interrupted run
+    meta["total_seconds"] = time.perf_counter() - start
+    write_json(args.out / "fit_transforms.json", meta, rows)
     print()
     print(markdown(rows, sizes, args.targets))
     print(f"\ncells: RMSE reached (seconds); ✗ = target RMSE {args.target_rmse:g} not reached. "
-          f"Total {machine['total_seconds']:.0f} s.")
+          f"Total {meta['total_seconds']:.0f} s.")
     plot(rows, args.targets, args.target_rmse, args.out / "fit_transforms.png")
     print(f"wrote {args.out / 'fit_transforms.json'} and {args.out / 'fit_transforms.png'}")
     return 0

@@ -5,8 +5,8 @@ restarts are the ``nstacks`` of one twiddle tensor, so one kernel call serves al
 with Adam on the squared error, prunes the worse half of the population at fixed points of
 the run, stops at a target RMSE, a step or time budget, or when progress stalls, and can
 polish the best candidate with L-BFGS. Real twiddles run on the compiled kernel; complex
-ones (needed for the DFT; they also make real targets easier to learn) run on
-:func:`butterfly_multiply_elementwise`, a faster plain-PyTorch equivalent of the reference.
+ones (needed for the DFT; they also make real targets easier to learn) run on the
+plain-PyTorch reference, which broadcasts one input over every candidate.
 
 The target is a dense ``(out, in)`` matrix, a callable black box (probed once with the
 identity: a linear map is fixed by its values on a basis), or input–output pairs
@@ -24,7 +24,7 @@ import torch
 
 from .layer import KaleidoscopeLinear
 from .ops import butterfly_multiply, uses_compiled_kernel
-from .reference import factor_strides
+from .reference import butterfly_multiply_ref
 
 Target = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | tuple[torch.Tensor, torch.Tensor]
 
@@ -101,28 +101,6 @@ def default_probes() -> int:
     return MIN_PROBES
 
 
-def butterfly_multiply_elementwise(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool) -> torch.Tensor:
-    """Same result as :func:`~.reference.butterfly_multiply_ref`, written with broadcast products.
-
-    About twice as fast as the einsum reference on CPU (no permute copies, no tiny batched
-    matmuls), which matters for complex twiddles where no compiled kernel exists. ``x`` may
-    have ``nstacks = 1`` and is then broadcast against every stack of ``twiddle``.
-    """
-    batch, n = x.shape[0], x.shape[-1]
-    nstacks, nbutterflies, log_n = twiddle.shape[:3]
-    for b in range(nbutterflies):
-        increasing = increasing_stride != (b % 2 == 1)
-        for k in factor_strides(log_n, increasing):
-            s = 1 << k
-            xv = x.reshape(batch, x.shape[1], n // (2 * s), 2, s)
-            tw = twiddle[:, b, k].reshape(nstacks, n // (2 * s), s, 2, 2)
-            x0, x1 = xv[:, :, :, 0], xv[:, :, :, 1]
-            y0 = tw[..., 0, 0] * x0 + tw[..., 0, 1] * x1
-            y1 = tw[..., 1, 0] * x0 + tw[..., 1, 1] * x1
-            x = torch.stack([y0, y1], 3).reshape(batch, -1, n)
-    return x
-
-
 def _rmse(err: torch.Tensor) -> torch.Tensor:
     """Per-candidate RMSE of ``err`` (candidates, ...)."""
     return err.abs().pow(2).flatten(1).mean(1).sqrt()
@@ -132,13 +110,11 @@ class _Population:
     """``count`` K-matrices ``(out, in)`` sharing one twiddle tensor (restarts = stacks)."""
 
     def __init__(self, in_features: int, out_features: int, nblocks: int, count: int, init: str, dtype: torch.dtype):
-        self.shape = KaleidoscopeLinear(in_features, out_features, bias=False, nblocks=nblocks, init=init, dtype=dtype)
+        layers = [KaleidoscopeLinear(in_features, out_features, bias=False, nblocks=nblocks, init=init, dtype=dtype)
+                  for _ in range(count)]
+        self.shape = layers[0]
         self.in_features, self.out_features = in_features, out_features
         self.n, self.nstacks = self.shape.n, self.shape.nstacks
-        layers = [self.shape] + [
-            KaleidoscopeLinear(in_features, out_features, bias=False, nblocks=nblocks, init=init, dtype=dtype)
-            for _ in range(count - 1)
-        ]
         self.twiddle = torch.cat([layer.twiddle.detach() for layer in layers]).requires_grad_()
         # Fixed input permutation of each candidate (None: none), applied by indexing.
         self.perms: list[torch.Tensor | None] = [None] * count
@@ -153,7 +129,7 @@ class _Population:
         :func:`~.reference.kmatrix_linear_ref` per candidate, not the ``kmatrix_linear`` op: a
         candidate with a fixed permutation needs its own input in its stacks, each candidate
         keeps its own first ``out`` rows, and complex twiddles (no compiled kernel) run
-        :func:`butterfly_multiply_elementwise`, which broadcasts one input over all stacks.
+        :func:`~.reference.butterfly_multiply_ref`, which broadcasts one input over all stacks.
         """
         tw = self.twiddle if twiddle is None else twiddle
         count = tw.shape[0] // self.nstacks
@@ -167,7 +143,7 @@ class _Population:
         if uses_compiled_kernel(x):
             y = butterfly_multiply(tw, xs.expand(-1, count * self.nstacks, self.n), False)
         else:
-            y = butterfly_multiply_elementwise(tw, xs, False)
+            y = butterfly_multiply_ref(tw, xs, False)
         y = y.reshape(x.shape[0], count, self.nstacks * self.n)[..., : self.out_features]
         return y.transpose(0, 1)
 
@@ -203,22 +179,17 @@ class _Population:
 
     def layer(self, i: int, dtype: torch.dtype) -> KaleidoscopeLinear:
         s = self.shape
-        out = KaleidoscopeLinear(s.in_features, s.out_features, bias=False, nblocks=s.nblocks, init="identity",
-                                 dtype=dtype)
-        learned = self.twiddle.detach()[i * self.nstacks : (i + 1) * self.nstacks].to(dtype)
-        perm = self.perms[i]
-        if perm is None:
-            with torch.no_grad():
-                out.twiddle.copy_(learned)
-            return out
-        # The permutation becomes an exact first block in front of the learned ones.
-        from .constructors import kaleidoscope_permutation
+        twiddle = self.twiddle.detach()[i * self.nstacks : (i + 1) * self.nstacks].to(dtype)
+        if self.perms[i] is not None:
+            # The permutation becomes an exact first block in front of the learned ones.
+            from .constructors import kaleidoscope_permutation
 
-        first = kaleidoscope_permutation(perm, dtype=dtype).twiddle.detach()
-        out = KaleidoscopeLinear(s.in_features, s.out_features, bias=False, nblocks=s.nblocks + 1, init="identity",
-                                 dtype=dtype)
+            first = kaleidoscope_permutation(self.perms[i], dtype=dtype).twiddle.detach()
+            twiddle = torch.cat([first.expand(self.nstacks, *first.shape[1:]), twiddle], 1)
+        out = KaleidoscopeLinear(s.in_features, s.out_features, bias=False, nblocks=twiddle.shape[1] // 2,
+                                 init="identity", dtype=dtype)
         with torch.no_grad():
-            out.twiddle.copy_(torch.cat([first.expand(self.nstacks, *first.shape[1:]), learned], 1))
+            out.twiddle.copy_(twiddle)
         return out
 
 

@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from .._extension import HAS_EXTENSION
+from .._extension import HAS_EXTENSION, has_kernel
 from .reference import butterfly_multiply_ref, kmatrix_linear_ref
 
 COMPILED_DTYPES = frozenset((torch.float32, torch.float64))
@@ -23,9 +23,7 @@ COMPILED_DTYPES = frozenset((torch.float32, torch.float64))
 # n up to CUDA_MAX_N; twiddle and bias in the input's dtype.
 CUDA_DTYPES = frozenset((torch.float32, torch.float16, torch.bfloat16))
 CUDA_MAX_N = 8192
-HAS_CUDA_KERNELS = HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(
-    "kaleidoscope::butterfly_multiply", "CUDA"
-)
+HAS_CUDA_KERNELS = has_kernel("kaleidoscope::butterfly_multiply", "CUDA")
 # Looked up once: resolving torch.ops.kaleidoscope.<op>.default costs about 1 µs per call.
 _BUTTERFLY_OP = torch.ops.kaleidoscope.butterfly_multiply.default if HAS_EXTENSION else None
 _KMATRIX_LINEAR_OP = torch.ops.kaleidoscope.kmatrix_linear.default if HAS_EXTENSION else None

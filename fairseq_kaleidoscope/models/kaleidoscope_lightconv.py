@@ -30,7 +30,7 @@ from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
 from ..modules.dynamic_convolution import IncrementalState
-from ..modules.kmatrix_layers import OUTPUT_PROJECTION, kmatrix_options, make_linear, parse_kmatrix_layers
+from ..modules.kmatrix_layers import OUTPUT_PROJECTION, chosen_kmatrix_layers, kmatrix_options, make_linear
 from ..modules.lightconv_layers import (
     DECODER_SUBLAYERS,
     ENCODER_SUBLAYERS,
@@ -38,25 +38,24 @@ from ..modules.lightconv_layers import (
     LightConvEncoderLayer,
 )
 from .int8_inference import Int8DenseInference
-from .kmatrix_config import KMatrixConfig
+from .kmatrix_config import EncoderDecoderConfig, set_architecture_defaults
 
 EncoderOut = dict[str, list[Tensor]]
 KMATRIX_SUBLAYERS = {"encoder": ENCODER_SUBLAYERS, "decoder": (*DECODER_SUBLAYERS, OUTPUT_PROJECTION)}
 
 
 @dataclass
-class KaleidoscopeLightConvConfig(KMatrixConfig):
-    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+class KaleidoscopeLightConvConfig(EncoderDecoderConfig):
+    """The options of ``kaleidoscope_lightconv`` beyond the shared ones (:class:`EncoderDecoderConfig`)."""
+
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on encoder-attention weights"})
     relu_dropout: float = field(default=0.0, metadata={"help": "dropout after ReLU in the FFN"})
     input_dropout: float = field(default=0.1, metadata={"help": "dropout on the convolution block's input"})
     weight_dropout: float = field(default=0.0, metadata={"help": "DropConnect on the convolution taps"})
     weight_softmax: int = field(default=1, metadata={"help": "1: softmax-normalise the taps"})
-    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension"})
     encoder_conv_dim: Optional[int] = field(  # noqa: UP045
         default=None, metadata={"help": "encoder conv channels (default: embed dim)"}
     )
-    encoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "encoder FFN dimension"})
     encoder_layers: int = field(default=7, metadata={"help": "encoder layers"})
     encoder_attention_heads: int = field(default=8, metadata={"help": "encoder DynamicConv heads"})
     encoder_kernel_size_list: List[int] = field(  # noqa: UP006
@@ -64,27 +63,15 @@ class KaleidoscopeLightConvConfig(KMatrixConfig):
         metadata={"help": "encoder kernel sizes, one per layer or a single one for all (odd)"},
     )
     encoder_glu: int = field(default=0, metadata={"help": "1: GLU after the encoder input projection"})
-    encoder_normalize_before: bool = field(default=False, metadata={"help": "pre-norm encoder layers"})
-    encoder_learned_pos: bool = field(default=False, metadata={"help": "learned encoder positions"})
-    decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
     decoder_conv_dim: Optional[int] = field(  # noqa: UP045
         default=None, metadata={"help": "decoder conv channels (default: embed dim)"}
     )
-    decoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "decoder FFN dimension"})
-    decoder_layers: int = field(default=6, metadata={"help": "decoder layers"})
     decoder_attention_heads: int = field(default=8, metadata={"help": "decoder DynamicConv and attention heads"})
     decoder_kernel_size_list: List[int] = field(  # noqa: UP006
         default_factory=lambda: [3, 7, 15, 31, 31, 31],
         metadata={"help": "decoder kernel sizes, one per layer or a single one for all"},
     )
     decoder_glu: int = field(default=0, metadata={"help": "1: GLU after the decoder input projection"})
-    decoder_normalize_before: bool = field(default=False, metadata={"help": "pre-norm decoder layers"})
-    decoder_learned_pos: bool = field(default=False, metadata={"help": "learned decoder positions"})
-    share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "tie decoder in/out embeddings"})
-    share_all_embeddings: bool = field(default=False, metadata={"help": "share all embeddings (joined dictionary)"})
-    no_token_positional_embeddings: bool = field(default=False, metadata={"help": "no positional embeddings"})
-    max_source_positions: int = field(default=1024, metadata={"help": "max source length"})
-    max_target_positions: int = field(default=1024, metadata={"help": "max target length"})
 
 
 def _kernel_sizes(sizes: object, layers: int, side: str) -> list[int]:
@@ -115,6 +102,16 @@ def _embedding(dictionary: object, dim: int) -> nn.Embedding:
     return m
 
 
+def _positions(cfg: object, limit: int, embed_tokens: nn.Embedding, learned: bool) -> nn.Module | None:
+    if cfg.no_token_positional_embeddings:
+        return None
+    return PositionalEmbedding(limit, embed_tokens.embedding_dim, embed_tokens.padding_idx, learned=learned)
+
+
+def _max_positions(limit: int, embed_positions: nn.Module | None) -> int:
+    return limit if embed_positions is None else min(limit, embed_positions.max_positions)
+
+
 def _upgrade_state_dict(state_dict: dict[str, Tensor], name: str) -> dict[str, Tensor]:
     """Accept checkpoints without the ``version`` buffer, and fairseq lightconv ones (unused ``conv_bias``)."""
     prefix = f"{name}." if name else ""
@@ -130,21 +127,15 @@ class KaleidoscopeLightConvModel(Int8DenseInference, FairseqEncoderDecoderModel)
 
     @classmethod
     def build_model(cls, cfg: object, task: object) -> "KaleidoscopeLightConvModel":
-        chosen = parse_kmatrix_layers(cfg.kmatrix_layers, KMATRIX_SUBLAYERS, "kaleidoscope_lightconv")
+        chosen, tie = chosen_kmatrix_layers(cfg, KMATRIX_SUBLAYERS, "kaleidoscope_lightconv")
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         if cfg.share_all_embeddings:
             if src_dict != tgt_dict:
                 raise ValueError("--share-all-embeddings requires a joined dictionary")
             if cfg.encoder_embed_dim != cfg.decoder_embed_dim:
                 raise ValueError("--share-all-embeddings requires --encoder-embed-dim to match --decoder-embed-dim")
-            enc_embed = _embedding(src_dict, cfg.encoder_embed_dim)
-            dec_embed = enc_embed
-        else:
-            enc_embed = _embedding(src_dict, cfg.encoder_embed_dim)
-            dec_embed = _embedding(tgt_dict, cfg.decoder_embed_dim)
-        tie = bool(cfg.share_all_embeddings or cfg.share_decoder_input_output_embed)
-        if tie and OUTPUT_PROJECTION in chosen["decoder"]:
-            raise ValueError("decoder.output_projection cannot be a K-matrix when the output embedding is tied")
+        enc_embed = _embedding(src_dict, cfg.encoder_embed_dim)
+        dec_embed = enc_embed if cfg.share_all_embeddings else _embedding(tgt_dict, cfg.decoder_embed_dim)
         encoder = KaleidoscopeLightConvEncoder(cfg, src_dict, enc_embed, chosen["encoder"])
         decoder = KaleidoscopeLightConvDecoder(cfg, tgt_dict, dec_embed, chosen["decoder"], tie)
         model = cls(encoder, decoder)
@@ -182,11 +173,7 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
         self.max_source_positions = cfg.max_source_positions
         self.embed_tokens = embed_tokens
         self.embed_scale = math.sqrt(dim)
-        self.embed_positions = (
-            None
-            if cfg.no_token_positional_embeddings
-            else PositionalEmbedding(cfg.max_source_positions, dim, self.padding_idx, learned=cfg.encoder_learned_pos)
-        )
+        self.embed_positions = _positions(cfg, cfg.max_source_positions, embed_tokens, cfg.encoder_learned_pos)
         kopts = kmatrix_options(cfg)
         sizes = _kernel_sizes(cfg.encoder_kernel_size_list, cfg.encoder_layers, "encoder")
         self.layers = nn.ModuleList([LightConvEncoderLayer(cfg, k, kmatrix, kopts) for k in sizes])
@@ -233,9 +220,7 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
         return {**encoder_out, "encoder_rows": [new]}
 
     def max_positions(self) -> int:
-        if self.embed_positions is None:
-            return self.max_source_positions
-        return min(self.max_source_positions, self.embed_positions.max_positions)
+        return _max_positions(self.max_source_positions, self.embed_positions)
 
 
 class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
@@ -248,13 +233,7 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
         self.max_target_positions = cfg.max_target_positions
         self.embed_tokens = embed_tokens
         self.embed_scale = math.sqrt(dim)
-        self.embed_positions = (
-            None
-            if cfg.no_token_positional_embeddings
-            else PositionalEmbedding(
-                cfg.max_target_positions, dim, embed_tokens.padding_idx, learned=cfg.decoder_learned_pos
-            )
-        )
+        self.embed_positions = _positions(cfg, cfg.max_target_positions, embed_tokens, cfg.decoder_learned_pos)
         kopts = kmatrix_options(cfg)
         sizes = _kernel_sizes(cfg.decoder_kernel_size_list, cfg.decoder_layers, "decoder")
         self.layers = nn.ModuleList([LightConvDecoderLayer(cfg, k, kmatrix, kopts) for k in sizes])
@@ -359,27 +338,17 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
             layer.reorder_incremental_state(incremental_state, new_order)
 
     def max_positions(self) -> int:
-        if self.embed_positions is None:
-            return self.max_target_positions
-        return min(self.max_target_positions, self.embed_positions.max_positions)
+        return _max_positions(self.max_target_positions, self.embed_positions)
 
 
 # ``register_model(..., dataclass=...)`` also registers the architecture
 # ``kaleidoscope_lightconv`` itself, with the dataclass defaults.
 
 
-def base_architecture(args: object) -> None:
-    """Fill every option not set with the dataclass default."""
-    defaults = KaleidoscopeLightConvConfig()
-    for name in defaults.__dataclass_fields__:
-        if not name.startswith("_") and safe_getattr(args, name, None) is None:
-            setattr(args, name, getattr(defaults, name))
-
-
 @register_model_architecture("kaleidoscope_lightconv", "kaleidoscope_lightconv_iwslt_de_en")
 def lightconv_iwslt_de_en(args: object) -> None:
     """fairseq's ``lightconv_iwslt_de_en`` with ``--encoder-glu 0 --decoder-glu 0`` (the paper's model)."""
-    for name, value in {
+    set_architecture_defaults(args, KaleidoscopeLightConvConfig, {
         "encoder_embed_dim": 512,
         "encoder_ffn_embed_dim": 1024,
         "encoder_attention_heads": 4,
@@ -393,7 +362,4 @@ def lightconv_iwslt_de_en(args: object) -> None:
         "input_dropout": 0.0,
         "encoder_glu": 0,
         "decoder_glu": 0,
-    }.items():
-        setattr(args, name, safe_getattr(args, name, value))
-    base_architecture(args)
-
+    })  # fmt: skip

@@ -17,57 +17,43 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerModel
-from fairseq.utils import safe_getattr
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..compat.fairseq_private import route_attention_through_projections
 from ..modules.kmatrix_layers import (
+    ATTN_PROJ,
     OUTPUT_PROJECTION,
     KMatrixOptions,
+    chosen_kmatrix_layers,
     kmatrix_options,
     make_linear,
-    parse_kmatrix_layers,
     replace_linear,
+    replace_projections,
 )
 from .int8_inference import Int8DenseInference
-from .kmatrix_config import KMatrixConfig
+from .kmatrix_config import EncoderDecoderConfig, set_architecture_defaults
 
 SELF_ATTN = {"self_attn_q": "q_proj", "self_attn_k": "k_proj", "self_attn_v": "v_proj", "self_attn_out": "out_proj"}
-ENC_ATTN = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_out": "out_proj"}
 KMATRIX_SUBLAYERS = {
     "encoder": (*SELF_ATTN, "fc1", "fc2"),
-    "decoder": (*SELF_ATTN, *ENC_ATTN, "fc1", "fc2", OUTPUT_PROJECTION),
+    "decoder": (*SELF_ATTN, *ATTN_PROJ, "fc1", "fc2", OUTPUT_PROJECTION),
 }
 
 
 @dataclass
-class KaleidoscopeTransformerConfig(KMatrixConfig):
+class KaleidoscopeTransformerConfig(EncoderDecoderConfig):
+    """The options of ``kaleidoscope_transformer`` beyond the shared ones (:class:`EncoderDecoderConfig`)."""
+
     activation_fn: ChoiceEnum(utils.get_available_activation_fns()) = field(
         default="relu", metadata={"help": "activation function"}
     )
-    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
-    encoder_embed_dim: int = field(default=512, metadata={"help": "encoder embedding dimension"})
-    encoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "encoder FFN dimension"})
     encoder_layers: int = field(default=6, metadata={"help": "encoder layers"})
     encoder_attention_heads: int = field(default=8, metadata={"help": "encoder attention heads"})
-    encoder_normalize_before: bool = field(default=False, metadata={"help": "pre-norm encoder layers"})
-    encoder_learned_pos: bool = field(default=False, metadata={"help": "learned encoder positions"})
-    decoder_embed_dim: int = field(default=512, metadata={"help": "decoder embedding dimension"})
-    decoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "decoder FFN dimension"})
-    decoder_layers: int = field(default=6, metadata={"help": "decoder layers"})
     decoder_attention_heads: int = field(default=8, metadata={"help": "decoder attention heads"})
-    decoder_normalize_before: bool = field(default=False, metadata={"help": "pre-norm decoder layers"})
-    decoder_learned_pos: bool = field(default=False, metadata={"help": "learned decoder positions"})
-    share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "tie decoder in/out embeddings"})
-    share_all_embeddings: bool = field(default=False, metadata={"help": "share all embeddings (joined dictionary)"})
-    no_token_positional_embeddings: bool = field(default=False, metadata={"help": "no positional embeddings"})
     layernorm_embedding: bool = field(default=False, metadata={"help": "layer norm on the embeddings"})
     no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(dim)"})
-    max_source_positions: int = field(default=1024, metadata={"help": "max source length"})
-    max_target_positions: int = field(default=1024, metadata={"help": "max target length"})
 
 
 def _as_namespace(cfg: object) -> argparse.Namespace:
@@ -90,10 +76,7 @@ class KaleidoscopeTransformerModel(Int8DenseInference, TransformerModel):
 
     @classmethod
     def build_model(cls, cfg: object, task: object) -> "KaleidoscopeTransformerModel":
-        chosen = parse_kmatrix_layers(cfg.kmatrix_layers, KMATRIX_SUBLAYERS, "kaleidoscope_transformer")
-        tie = bool(cfg.share_all_embeddings or cfg.share_decoder_input_output_embed)
-        if tie and OUTPUT_PROJECTION in chosen["decoder"]:
-            raise ValueError("decoder.output_projection cannot be a K-matrix when the output embedding is tied")
+        chosen, _ = chosen_kmatrix_layers(cfg, KMATRIX_SUBLAYERS, "kaleidoscope_transformer")
         kopts = kmatrix_options(cfg)
         model = super().build_model(_as_namespace(cfg), task)
         for layer in model.encoder.layers:
@@ -108,15 +91,9 @@ class KaleidoscopeTransformerModel(Int8DenseInference, TransformerModel):
 
 
 def _swap_layer(layer: nn.Module, chosen: frozenset[str], kopts: KMatrixOptions, has_encoder_attn: bool) -> None:
-    attention = [(layer.self_attn, SELF_ATTN)]
+    replace_projections(layer.self_attn, SELF_ATTN, chosen, kopts)
     if has_encoder_attn:
-        attention.append((layer.encoder_attn, ENC_ATTN))
-    for attn, names in attention:
-        swapped = [proj for name, proj in names.items() if name in chosen]
-        for proj in swapped:
-            replace_linear(attn, proj, kopts)
-        if swapped:
-            route_attention_through_projections(attn)
+        replace_projections(layer.encoder_attn, ATTN_PROJ, chosen, kopts)
     for name in ("fc1", "fc2"):
         if name in chosen:
             replace_linear(layer, name, kopts)
@@ -126,17 +103,10 @@ def _swap_layer(layer: nn.Module, chosen: frozenset[str], kopts: KMatrixOptions,
 # ``kaleidoscope_transformer`` itself, with the dataclass defaults.
 
 
-def base_architecture(args: object) -> None:
-    defaults = KaleidoscopeTransformerConfig()
-    for name in defaults.__dataclass_fields__:
-        if not name.startswith("_") and safe_getattr(args, name, None) is None:
-            setattr(args, name, getattr(defaults, name))
-
-
 @register_model_architecture("kaleidoscope_transformer", "kaleidoscope_transformer_iwslt_de_en")
 def transformer_iwslt_de_en(args: object) -> None:
     """fairseq's ``transformer_iwslt_de_en`` sizes."""
-    for name, value in {
+    set_architecture_defaults(args, KaleidoscopeTransformerConfig, {
         "encoder_embed_dim": 512,
         "encoder_ffn_embed_dim": 1024,
         "encoder_attention_heads": 4,
@@ -145,6 +115,4 @@ def transformer_iwslt_de_en(args: object) -> None:
         "decoder_ffn_embed_dim": 1024,
         "decoder_attention_heads": 4,
         "decoder_layers": 6,
-    }.items():
-        setattr(args, name, safe_getattr(args, name, value))
-    base_architecture(args)
+    })  # fmt: skip

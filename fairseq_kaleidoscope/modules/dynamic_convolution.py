@@ -18,6 +18,7 @@ from fairseq.modules import FairseqDropout
 from torch import Tensor, nn
 
 from .dynconv_step import dynconv_step, dynconv_step_ref, reorder_cache
+from .kmatrix_layers import dense_linear
 
 IncrementalState = dict[str, object]  # fairseq's incremental_state: one typed state object per module
 LinearFactory = Callable[[int, int, bool], nn.Module]
@@ -38,15 +39,6 @@ class DynamicConvState:
     def reorder(self, new_order: Tensor) -> None:
         """Row b continues the history of row ``new_order[b]`` (beam search; the batch may shrink)."""
         self.ring = reorder_cache(self.ring, new_order, self.steps - 1)
-
-
-def dense_linear(in_features: int, out_features: int, bias: bool) -> nn.Linear:
-    """fairseq's init for the projections: Xavier-uniform weight, zero bias."""
-    m = nn.Linear(in_features, out_features, bias)
-    nn.init.xavier_uniform_(m.weight)
-    if bias:
-        nn.init.zeros_(m.bias)
-    return m
 
 
 def dynamic_conv_reference(x: Tensor, weight: Tensor, padding_l: int) -> Tensor:

@@ -38,19 +38,6 @@ def has_compiled_dynconv_step() -> bool:
     return _HAS_COMPILED_OP
 
 
-def uses_compiled_dynconv_step(x: Tensor, logits: Tensor, cache: Tensor) -> bool:
-    """Whether :func:`dynconv_step` runs the compiled op for these arguments (CPU float32)."""
-    return (
-        _HAS_COMPILED_OP
-        and x.device.type == "cpu"
-        and logits.device.type == "cpu"
-        and cache.device.type == "cpu"
-        and x.dtype == torch.float32
-        and logits.dtype == torch.float32
-        and cache.dtype == torch.float32
-    )
-
-
 def _check_no_grad(x: Tensor, logits: Tensor, cache: Tensor) -> None:
     if torch.is_grad_enabled() and (x.requires_grad or logits.requires_grad or cache.requires_grad):
         raise RuntimeError(
@@ -75,19 +62,14 @@ def check_dynconv_step_args(x: Tensor, logits: Tensor, cache: Tensor, step: int)
     if x.dim() != 2 or tuple(x.shape) != (B, C):
         raise ValueError(f"dynconv_step: x shape {tuple(x.shape)} does not match cache shape {tuple(cache.shape)}; "
                          f"expected ({B}, {C})")
-    if logits.dim() == 3:
-        if logits.shape[0] != B or logits.shape[2] != K:
-            raise ValueError(f"dynconv_step: logits shape {tuple(logits.shape)} does not match cache shape "
-                             f"{tuple(cache.shape)}; expected ({B}, heads, {K})")
-        H = logits.shape[1]
-    elif logits.dim() == 2:
-        if logits.shape[0] != B or logits.shape[1] % K != 0:
-            raise ValueError(f"dynconv_step: logits shape {tuple(logits.shape)} does not match cache shape "
-                             f"{tuple(cache.shape)}; expected ({B}, heads * {K})")
-        H = logits.shape[1] // K
-    else:
+    if logits.dim() not in (2, 3):
         raise ValueError("dynconv_step: logits must have shape (batch, heads, kernel_size) or "
                          f"(batch, heads*kernel_size), got {tuple(logits.shape)}")
+    split = logits.dim() == 3
+    H = logits.shape[1] if split else logits.shape[1] // K
+    if tuple(logits.shape) != ((B, H, K) if split else (B, H * K)):
+        raise ValueError(f"dynconv_step: logits shape {tuple(logits.shape)} does not match cache shape "
+                         f"{tuple(cache.shape)}; expected ({B}, heads{', ' if split else ' * '}{K})")
     if H < 1 or C % H != 0:
         raise ValueError(f"dynconv_step: channels {C} are not divisible by heads {H}")
     for name, t in (("x", x), ("logits", logits)):

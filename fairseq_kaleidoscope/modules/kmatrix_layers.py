@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..compat.fairseq_private import route_attention_through_projections
 from ..kmatrix import KaleidoscopeLinear
 
 SIDES = ("encoder", "decoder")
@@ -27,6 +28,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "self_attn": ("self_attn_q", "self_attn_k", "self_attn_v", "self_attn_out"),
     "ffn": ("fc1", "fc2"),
 }
+
+# Encoder-attention sub-layer name -> attribute of fairseq's MultiheadAttention.
+ATTN_PROJ = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_out": "out_proj"}
 
 
 @dataclass(frozen=True)
@@ -53,13 +57,9 @@ def parse_kmatrix_layers(spec: str, available: Mapping[str, Sequence[str]], arch
         return {side: frozenset() for side in SIDES}
     for item in items:
         side, _, name = item.partition(".")
-        names = list(available.get(side, ()))
-        layer_names = [n for n in names if n != OUTPUT_PROJECTION]
-        groups = {g: [m for m in members if m in layer_names] for g, members in GROUPS.items()}
-        groups = {g: m for g, m in groups.items() if m}
-        if side in available and name == "all":
-            chosen[side].update(layer_names)
-        elif side in available and name in groups:
+        names = available.get(side, ())
+        groups = _groups(names)
+        if side in available and name in groups:
             chosen[side].update(groups[name])
         elif side in available and name in names:
             chosen[side].add(name)
@@ -69,23 +69,42 @@ def parse_kmatrix_layers(spec: str, available: Mapping[str, Sequence[str]], arch
     return {side: frozenset(chosen[side]) for side in SIDES}
 
 
+def chosen_kmatrix_layers(
+    cfg: object, available: Mapping[str, Sequence[str]], arch: str
+) -> tuple[dict[str, frozenset[str]], bool]:
+    """The parsed ``--kmatrix-layers`` of a model config, and whether the output embedding is tied."""
+    chosen = parse_kmatrix_layers(cfg.kmatrix_layers, available, arch)
+    tie = bool(cfg.share_all_embeddings or cfg.share_decoder_input_output_embed)
+    if tie and OUTPUT_PROJECTION in chosen["decoder"]:
+        raise ValueError("decoder.output_projection cannot be a K-matrix when the output embedding is tied")
+    return chosen, tie
+
+
+def _groups(names: Sequence[str]) -> dict[str, list[str]]:
+    """The groups of a side with sub-layers ``names`` (``all``: every one but the output projection)."""
+    layers = [n for n in names if n != OUTPUT_PROJECTION]
+    groups = {g: [m for m in members if m in layers] for g, members in GROUPS.items()}
+    return {**{g: m for g, m in groups.items() if m}, "all": layers}
+
+
 def describe_kmatrix_layers(available: Mapping[str, Sequence[str]]) -> str:
-    parts = []
-    for side, names in available.items():
-        layer_names = [n for n in names if n != OUTPUT_PROJECTION]
-        groups = [g for g, members in GROUPS.items() if any(m in layer_names for m in members)]
-        parts.append(f"{side}.{{{','.join(list(names) + groups + ['all'])}}}")
+    parts = [f"{side}.{{{','.join([*names, *_groups(names)])}}}" for side, names in available.items()]
     return "Valid entries (comma-separated): " + "; ".join(parts) + "; or 'none'."
+
+
+def dense_linear(in_features: int, out_features: int, bias: bool) -> nn.Linear:
+    """fairseq's init for the projections: Xavier-uniform weight, zero bias."""
+    m = nn.Linear(in_features, out_features, bias)
+    nn.init.xavier_uniform_(m.weight)
+    if bias:
+        nn.init.zeros_(m.bias)
+    return m
 
 
 def make_linear(in_features: int, out_features: int, bias: bool, kmatrix: KMatrixOptions | None) -> nn.Module:
     """A dense ``nn.Linear`` with fairseq's init, or a ``KaleidoscopeLinear`` tagged for the optimizer."""
     if kmatrix is None:
-        m = nn.Linear(in_features, out_features, bias)
-        nn.init.xavier_uniform_(m.weight)
-        if bias:
-            nn.init.zeros_(m.bias)
-        return m
+        return dense_linear(in_features, out_features, bias)
     k = KaleidoscopeLinear(in_features, out_features, bias=bias, nblocks=kmatrix.nblocks, init=kmatrix.init)
     if bias:
         nn.init.zeros_(k.bias)
@@ -100,6 +119,18 @@ def replace_linear(parent: nn.Module, attr: str, kmatrix: KMatrixOptions) -> Non
         raise TypeError(f"expected {type(parent).__name__}.{attr} to be nn.Linear, got {type(old).__name__}")
     new = make_linear(old.in_features, old.out_features, old.bias is not None, kmatrix)
     setattr(parent, attr, new.to(device=old.weight.device, dtype=old.weight.dtype))
+
+
+def replace_projections(
+    attn: nn.Module, projections: Mapping[str, str], chosen: frozenset[str], kmatrix: KMatrixOptions
+) -> None:
+    """Swap the projections of attention module ``attn`` whose sub-layer names (``projections``:
+    name -> attribute, e.g. ``{"attn_q": "q_proj"}``) are ``chosen`` for K-matrices."""
+    swapped = [proj for name, proj in projections.items() if name in chosen]
+    for proj in swapped:
+        replace_linear(attn, proj, kmatrix)
+    if swapped:  # fairseq's fused attention would read the projections' weights, not call them
+        route_attention_through_projections(attn)
 
 
 def kmatrix_options(cfg: object) -> KMatrixOptions:

@@ -23,14 +23,12 @@ import torch.nn.functional as F
 from fairseq.modules import FairseqDropout, LayerNorm
 from torch import Tensor, nn
 
-from ..compat.fairseq_private import route_attention_through_projections
 from .dynamic_convolution import DynamicConv, DynamicConvState, IncrementalState
 from .encoder_attention import EncoderAttention, EncoderAttentionState
-from .kmatrix_layers import KMatrixOptions, make_linear, replace_linear
+from .kmatrix_layers import ATTN_PROJ, KMatrixOptions, make_linear, replace_projections
 
 ENCODER_SUBLAYERS = ("conv_in", "conv_weight", "conv_out", "fc1", "fc2")
 DECODER_SUBLAYERS = ("conv_in", "conv_weight", "conv_out", "attn_q", "attn_k", "attn_v", "attn_out", "fc1", "fc2")
-ATTN_PROJ = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_out": "out_proj"}
 
 
 class _ConvBlock(nn.Module):
@@ -149,11 +147,7 @@ class LightConvDecoderLayer(_ConvBlock):
         self.normalize_before = cfg.decoder_normalize_before
         self.conv_layer_norm = LayerNorm(self.embed_dim)
         self.encoder_attn = EncoderAttention(self.embed_dim, cfg.decoder_attention_heads, dropout=cfg.attention_dropout)
-        for name, proj in ATTN_PROJ.items():
-            if name in kmatrix:
-                replace_linear(self.encoder_attn, proj, kopts)
-        if any(name in kmatrix for name in ATTN_PROJ):
-            route_attention_through_projections(self.encoder_attn)
+        replace_projections(self.encoder_attn, ATTN_PROJ, kmatrix, kopts)
         self.encoder_attn_layer_norm = LayerNorm(self.embed_dim)
         self.final_layer_norm = LayerNorm(self.embed_dim)
         self.need_attn = True

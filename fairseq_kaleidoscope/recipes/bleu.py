@@ -6,14 +6,10 @@
 - **detokenized sacreBLEU**: both sides Moses-detokenized (sacremoses), then sacrebleu's
   standard ``13a`` tokenisation. With tokenized references only (as offline here) this
   is an approximation of sacreBLEU on raw references, and is labelled as such.
-
-CLI: ``python -m fairseq_kaleidoscope.recipes.bleu HYP REF [--remove-bpe] [--lang en]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 
 import sacrebleu
@@ -50,23 +46,3 @@ def detokenized_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str = "en")
 
 def both_bleus(hyps: Sequence[str], refs: Sequence[str], lang: str = "en") -> dict[str, float]:
     return {"bleu_tokenized": tokenized_bleu(hyps, refs), "bleu_sacrebleu_detok": detokenized_bleu(hyps, refs, lang)}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Tokenized BLEU and detokenized sacreBLEU of a hypothesis file")
-    parser.add_argument("hyp", help="one hypothesis per line (tokenized; BPE'd with --remove-bpe)")
-    parser.add_argument("ref", help="one tokenized reference per line (BPE'd with --remove-bpe)")
-    parser.add_argument("--remove-bpe", action="store_true", help="strip '@@ ' from both files first")
-    parser.add_argument("--lang", default="en", help="target language for the Moses detokenizer")
-    args = parser.parse_args(argv)
-    with open(args.hyp, encoding="utf-8") as f:
-        hyps = [line.rstrip("\n") for line in f]
-    with open(args.ref, encoding="utf-8") as f:
-        refs = [line.rstrip("\n") for line in f]
-    if args.remove_bpe:
-        hyps, refs = [remove_bpe(h) for h in hyps], [remove_bpe(r) for r in refs]
-    print(json.dumps(both_bleus(hyps, refs, args.lang)))
-
-
-if __name__ == "__main__":
-    main()

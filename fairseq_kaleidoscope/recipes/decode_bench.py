@@ -87,10 +87,11 @@ def parse_setting(text: str) -> Setting:
     return Setting(parts[0], int(parts[1]), int(parts[2]))
 
 
-def _name_value(text: str, what: str) -> tuple[str, str]:
-    if "=" not in text or not text.split("=", 1)[0]:
-        raise argparse.ArgumentTypeError(f"{what} must be NAME=VALUE, got {text!r}")
-    name, value = text.split("=", 1)
+def name_value(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` (the argument type of --checkpoint, --random and --int8)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"must be NAME=VALUE, got {text!r}")
     return name, value
 
 
@@ -237,20 +238,15 @@ def check_same_vocab(models: list[BenchModel]) -> None:
 
 def run_benchmark(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    models: list[BenchModel] = []
-    for spec in args.checkpoint:
-        name, path = _name_value(spec, "--checkpoint")
-        models.append(load_checkpoint(name, args.data, path))
-    for spec in args.random:
-        name, options = _name_value(spec, "--random")
-        models.append(random_model(name, args.data, options, args.seed))
+    models = [load_checkpoint(name, args.data, path) for name, path in args.checkpoint]
+    models += [random_model(name, args.data, options, args.seed) for name, options in args.random]
     if not models:
         raise SystemExit("decode_bench: give at least one --checkpoint NAME=PATH or --random NAME=OPTIONS")
     check_same_vocab(models)
     by_name = {bm.name: bm for bm in models}
     if len(by_name) != len(models):
         raise SystemExit("decode_bench: model names must be unique")
-    int8 = dict(_name_value(spec, "--int8") for spec in args.int8)
+    int8 = dict(args.int8)
     for name in [*int8, *args.reference_step]:
         if name not in by_name:
             raise SystemExit(
@@ -368,12 +364,12 @@ def summarise(args, models: list[BenchModel], results: list[RunResult], refs: li
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="fairseq-preprocess'ed data directory")
-    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH", help="a trained model")
+    parser.add_argument("--checkpoint", action="append", default=[], type=name_value, metavar="NAME=PATH",
+                        help="a trained model")
+    parser.add_argument("--random", action="append", default=[], type=name_value, metavar="NAME=OPTIONS",
+                        help="a randomly initialised model")
     parser.add_argument(
-        "--random", action="append", default=[], metavar="NAME=OPTIONS", help="a randomly initialised model"
-    )
-    parser.add_argument(
-        "--int8", action="append", default=[], metavar="NAME=WHERE",
+        "--int8", action="append", default=[], type=name_value, metavar="NAME=WHERE",
         help="run model NAME's dense linear layers in int8 (--int8-dense WHERE: output_projection, encoder, ...)",
     )
     parser.add_argument(
@@ -412,10 +408,9 @@ def main(argv: list[str] | None = None) -> None:
         args.setting = [parse_setting("batch1-greedy:1:1"), parse_setting("batch128-beam4:128:4")]
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         raise SystemExit("decode_bench: --threads and --repeats must be >= 1, --warmup >= 0")
-    report = run_benchmark(args)
+    run_benchmark(args)
     print((Path(args.out_dir) / "decode_bench.md").read_text(encoding="utf-8"))
     print(f"written: {Path(args.out_dir) / 'decode_bench'}.{{md,json,png}}", file=sys.stderr)
-    del report
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..bench.output import pyplot, save_figure
 from .progress import stage
 
 USER_DIR = str(Path(__file__).resolve().parent.parent)
@@ -135,37 +136,30 @@ def speed_options(kmatrix_layers: str) -> str:
     return f"--arch {SPEED_ARCH} --kmatrix-layers {kmatrix_layers}"
 
 
-def decode_quality(args: argparse.Namespace, data: Path, checkpoints: dict[str, Path], out: Path) -> dict:
+def decode(args: argparse.Namespace, data: Path, out: Path, options: list[str]) -> dict:
+    """One ``decode_bench`` run on one thread (its report), with the options of one part."""
     from . import decode_bench
 
-    bench = [str(data), "--out-dir", str(out), "--threads", "1", "--progress-every", "1000"]
-    bench += [arg for name, path in checkpoints.items() for arg in ("--checkpoint", f"{name}={path}")]
-    bench += ["--setting", f"beam{args.quality_beam}:{args.quality_batch}:{args.quality_beam}"]
-    bench += ["--title", "Main job, quality: trained small models, natural decoding"]
+    bench = [str(data), "--out-dir", str(out), "--threads", "1", "--progress-every", "1000", *options]
     if args.remove_bpe:
         bench.append("--remove-bpe")
-    return decode_bench.run_benchmark(_bench_args(bench))
+    return decode_bench.run_benchmark(decode_bench.build_parser().parse_args(bench))
+
+
+def decode_quality(args: argparse.Namespace, data: Path, checkpoints: dict[str, Path], out: Path) -> dict:
+    bench = [arg for name, path in checkpoints.items() for arg in ("--checkpoint", f"{name}={path}")]
+    bench += ["--setting", f"beam{args.quality_beam}:{args.quality_batch}:{args.quality_beam}"]
+    return decode(args, data, out, [*bench, "--title", "Main job, quality: trained small models, natural decoding"])
 
 
 def decode_speed(args: argparse.Namespace, data: Path, out: Path) -> dict:
-    from . import decode_bench
-
-    bench = [str(data), "--out-dir", str(out), "--threads", "1", "--progress-every", "1000"]
-    bench += ["--random", f"dense={speed_options('none')}"]
+    bench = ["--random", f"dense={speed_options('none')}"]
     bench += ["--random", f"dense-int8={speed_options('none')}", "--int8", "dense-int8=all"]
     bench += ["--random", f"kmatrix={speed_options('decoder.all')}"]
     bench += ["--random", f"kmatrix+int8={speed_options('decoder.all')}", "--int8", f"kmatrix+int8={SPEED_INT8}"]
     bench += ["--forced-length", "--max-sentences", str(args.speed_sentences), "--repeats", str(args.repeats)]
-    bench += ["--setting", "batch1-greedy:1:1", "--title", f"Main job, speed: {SPEED_ARCH}, forced lengths"]
-    if args.remove_bpe:
-        bench.append("--remove-bpe")
-    return decode_bench.run_benchmark(_bench_args(bench))
-
-
-def _bench_args(argv: list[str]) -> argparse.Namespace:
-    from . import decode_bench
-
-    return decode_bench.build_parser().parse_args(argv)
+    return decode(args, data, out, [*bench, "--setting", "batch1-greedy:1:1", "--title",
+                                    f"Main job, speed: {SPEED_ARCH}, forced lengths"])
 
 
 def combine(quality: dict, speed: dict, seconds: float, args: argparse.Namespace) -> dict:
@@ -251,12 +245,7 @@ def reading(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_q, ax_s) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_q, ax_s) = pyplot().subplots(1, 2, figsize=(10, 4))
     for ax, part, key, label in ((ax_q, "quality", "bleu", "BLEU (test)"), (ax_s, "speed", "speedup", "speed-up")):
         rows = [r for r in report["rows"] if r["part"] == part]
         bars = ax.bar([r["model"] for r in rows], [r[key] for r in rows], color=[f"C{i}" for i in range(len(rows))])
@@ -268,9 +257,7 @@ def plot(report: dict, path: Path) -> None:
     ax_q.set_title(f"quality: trained, width {report['quality_width']}, beam 4", fontsize=10)
     ax_s.set_title("speed: paper's size (width 512), batch 1 greedy", fontsize=10)
     fig.suptitle(f"fairseq-kaleidoscope main job — {report['machine']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> dict:

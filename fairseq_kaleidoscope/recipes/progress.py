@@ -17,19 +17,18 @@ class Progress:
     def update(self, done: int, timed_seconds: float) -> None:
         if done >= self.next and done < self.total:
             self.next = (done // self.every + 1) * self.every
-            print(f"  [{self.label}] {done}/{self.total} sentences, {timed_seconds:.1f} s timed", file=sys.stderr)
-            sys.stderr.flush()
+            print(f"  [{self.label}] {done}/{self.total} sentences, {timed_seconds:.1f} s timed", file=sys.stderr,
+                  flush=True)
 
     def finish(self, timed_seconds: float) -> None:
         wall = time.perf_counter() - self.start
         print(
             f"  [{self.label}] {self.total}/{self.total} sentences, {timed_seconds:.2f} s timed ({wall:.1f} s wall)",
             file=sys.stderr,
+            flush=True,
         )
-        sys.stderr.flush()
 
 
 def stage(message: str) -> None:
     """A top-level step of a long job."""
-    print(f"==> {message}", file=sys.stderr)
-    sys.stderr.flush()
+    print(f"==> {message}", file=sys.stderr, flush=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..bench.output import pyplot, save_figure
+
 
 def markdown_table(report: dict) -> str:
     lines = [
@@ -41,16 +43,8 @@ def markdown_table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path, title: str) -> None:
-    import logging
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # a DEBUG root logger would print font searches
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     settings = list(dict.fromkeys(r["setting"] for r in report["rows"]))
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.5 * len(settings), 4), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(settings), figsize=(4.5 * len(settings), 4), squeeze=False)
     for ax, setting in zip(axes[0], settings, strict=True):
         rows = [r for r in report["rows"] if r["setting"] == setting]
         colors = [f"C{i}" for i in range(len(rows))]
@@ -67,9 +61,7 @@ def plot(report: dict, path: Path, title: str) -> None:
         ax.set_ylabel("sentences / s")
         ax.margins(y=0.25)
     fig.suptitle(f"{title}\n{report['machine']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_reports(report: dict, out_dir: Path, stem: str, title: str) -> None:
