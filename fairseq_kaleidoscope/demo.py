@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .kmatrix import HAS_EXTENSION, KaleidoscopeLinear
-from .timing import machine_description, median_seconds
+from .timing import interleaved_medians, machine_description
 
 
 def compare(n: int, batch: int, nblocks: int) -> dict:
@@ -20,8 +20,9 @@ def compare(n: int, batch: int, nblocks: int) -> dict:
     kmat = KaleidoscopeLinear(n, n, nblocks=nblocks)
     x = torch.randn(batch, n)
     with torch.inference_mode():
-        t_dense = median_seconds(lambda: dense(x), min_time=0.01)
-        t_kmat = median_seconds(lambda: kmat(x), min_time=0.01)
+        # Interleaved, so that a slow spell of the machine hits both alike.
+        times = interleaved_medians({"dense": lambda: dense(x), "kmat": lambda: kmat(x)}, min_time=0.2)
+        t_dense, t_kmat = times["dense"], times["kmat"]
         err = (kmat(x) - (x @ kmat.to_dense().T + kmat.bias)).abs().max().item()
     return {
         "n": n,

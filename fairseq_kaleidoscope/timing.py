@@ -10,29 +10,6 @@ from collections.abc import Callable
 import torch
 
 
-def median_seconds(fn: Callable[[], object], warmup: int = 3, repeat: int = 15, min_time: float = 0.0) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs.
-
-    With ``min_time`` > 0, each timed sample loops ``fn`` enough times to last at least
-    that long (for sub-microsecond calls) and reports the per-call time.
-    """
-    for _ in range(warmup):
-        fn()
-    inner = 1
-    if min_time > 0:
-        start = time.perf_counter()
-        fn()
-        once = max(time.perf_counter() - start, 1e-7)
-        inner = max(1, int(min_time / once))
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        samples.append((time.perf_counter() - start) / inner)
-    return statistics.median(samples)
-
-
 def _cpuinfo_field(name: str) -> str | None:
     """The first ``name : value`` line of /proc/cpuinfo (None off Linux)."""
     try:

@@ -105,7 +105,7 @@ def _warn_reference_fallback(device_type: str, dtype: torch.dtype) -> None:
         why = f"the {device_type} kernels cover {', '.join(map(str, sorted(COMPILED_DTYPES, key=str)))}"
     warnings.warn(
         f"fairseq_kaleidoscope: no compiled K-matrix kernel for {dtype} on {device_type} ({why}); running the "
-        "plain-PyTorch reference, typically 20-50x slower. (Warned once per device and dtype.)",
+        "plain-PyTorch reference, typically 30-60x slower. (Warned once per device and dtype.)",
         RuntimeWarning,
         stacklevel=3,
     )
