@@ -16,7 +16,7 @@
 //   to memory between factors. Twiddles are de-interleaved in registers.
 // The backward reuses the tile layout.
 //
-// Expects in scope: Problem, Vec<T>, and <cstring>.
+// Expects in scope: Problem, Vec<T>, <cstring> and <utility>.
 
 template <typename T>
 struct Factor {
@@ -512,13 +512,9 @@ inline void pair_backward(const typename Vec<T>::V* u, const typename Vec<T>::V*
     acc[0] = V::fmadd(gi[r], u[r], acc[0]), acc[1] = V::fmadd(gi[r], v[r], acc[1]);
     acc[2] = V::fmadd(gj[r], u[r], acc[2]), acc[3] = V::fmadd(gj[r], v[r], acc[3]);
   }
-  const Twiddle<T> tw(t);
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) {
-    const typename V::V ngi = V::fmadd(tw.c, gj[r], V::mul(tw.a, gi[r]));
-    gj[r] = V::fmadd(tw.d, gj[r], V::mul(tw.b, gi[r]));
-    gi[r] = ngi;
-  }
+  Twiddle<T> transposed(t);  // gradients flow back through (a c; b d)
+  std::swap(transposed.b, transposed.c);
+  pair_update<T, R>(gi, gj, transposed);
 }
 
 // Backward through one factor in the tile layout: x is the factor's input, g holds the

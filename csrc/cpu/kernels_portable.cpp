@@ -2,6 +2,7 @@
 // arrays (the compiler may use baseline SSE2 for them). Run where the CPU has no AVX2,
 // and forced in tests so this path stays correct.
 #include <cstring>
+#include <utility>
 
 #include "butterfly_kernels.h"
 
