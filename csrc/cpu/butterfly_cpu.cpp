@@ -63,13 +63,13 @@ template <typename T>
 const cpu::Kernels<T>& kernels();
 template <>
 const cpu::Kernels<float>& kernels<float>() {
+  [[maybe_unused]] const int isa = active_isa();
 #if defined(__x86_64__) || defined(__i386__)
-  const int isa = active_isa();
   if (isa == kAvx512) return cpu::avx512::kernels_f32;
   if (isa == kAvx2) return cpu::avx2::kernels_f32;
 #endif
 #if defined(__aarch64__)
-  if (active_isa() == kNeon) return cpu::neon::kernels_f32;
+  if (isa == kNeon) return cpu::neon::kernels_f32;
 #endif
   return cpu::portable::kernels_f32;
 }
@@ -83,7 +83,7 @@ const cpu::Kernels<double>& kernels<double>() {
   return cpu::portable::kernels_f64;
 }
 
-// Backward, per tile of W rows: keep the input of every second factor (n*W values each;
+// Backward, per tile of `width` rows: keep the input of every second factor (n*width values each;
 // the factors are differentiated in pairs, the one in between recomputed in registers),
 // or keep one per butterfly pair and recompute the others (one extra forward). Measured
 // on AMD EPYC Zen 4 (float32, 1 thread, batch 512) when every factor's input was kept:

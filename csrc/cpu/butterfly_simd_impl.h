@@ -58,6 +58,7 @@ struct Tables {
   typename V::Idx half_lo, half_hi;      // de-interleave step 2: low / high halves of two vectors
   typename V::Idx fold_lo[8], fold_hi[8];  // reduction tree, one level per group size
   Tables() {
+    if constexpr (V::native_shuffles) return;  // the ISA's own shuffles need no tables
     int lo[W], hi[W];
     for (int q = 0; q < W / 2; ++q) {
       lo[2 * q] = q, lo[2 * q + 1] = W + q;
@@ -481,21 +482,19 @@ inline void add_pair_grads(typename Vec<T>::V* v, T* const* out, const Tables<T>
   constexpr int W = V::W;
   if constexpr (V::native_shuffles) {
     V::add_pair_grads(v, out);
-    return;
-  }
-  int count = 16, level = 0;
-  for (int g = W; g > 1; g /= 2, ++level) {
+  } else {
+    int count = 16, level = 0;
+    for (int g = W; g > 1; g /= 2, ++level) {
 #pragma GCC unroll 8
-    for (int m = 0; m < count / 2; ++m) {
-      v[m] = V::add(V::permute2(v[2 * m], v[2 * m + 1], tb.fold_lo[level]),
-                    V::permute2(v[2 * m], v[2 * m + 1], tb.fold_hi[level]));
+      for (int m = 0; m < count / 2; ++m) {
+        v[m] = V::add(V::permute2(v[2 * m], v[2 * m + 1], tb.fold_lo[level]),
+                      V::permute2(v[2 * m], v[2 * m + 1], tb.fold_hi[level]));
+      }
+      count /= 2;
     }
-    count /= 2;
+    // Sum 4k + j now sits in vector (4k + j) / W, lane (4k + j) % W.
+    for (int k = 0; k < 4; ++k) V::add_quarter(out[k], v[4 * k / W], 4 * k % W);
   }
-  T sums[16];
-  for (int m = 0; m < 16 / W; ++m) V::store(sums + m * W, v[m]);
-  for (int k = 0; k < 4; ++k)
-    for (int j = 0; j < 4; ++j) out[k][j] += sums[4 * k + j];
 }
 
 // Backward through the pair update (u, v) -> (a u + b v, c u + d v) of the twiddle t, on

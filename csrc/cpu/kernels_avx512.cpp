@@ -35,6 +35,18 @@ struct Vec<float> {
   static Idx make_idx(const int* lanes) { return _mm512_loadu_si512(lanes); }
   static V permute2(V a, V b, Idx idx) { return _mm512_permutex2var_ps(a, idx, b); }
   static constexpr bool native_shuffles = false;  // permute2 is one instruction here
+  // out[0..4) += lanes lane0 .. lane0 + 3 of a (lane0 a multiple of 4).
+  // (The maskz forms: GCC 12's unmasked extracts warn about their undefined source.)
+  static void add_quarter(float* out, V a, int lane0) {
+    __m128 q;
+    switch (lane0) {
+      case 0: q = _mm512_maskz_extractf32x4_ps(0xF, a, 0); break;
+      case 4: q = _mm512_maskz_extractf32x4_ps(0xF, a, 1); break;
+      case 8: q = _mm512_maskz_extractf32x4_ps(0xF, a, 2); break;
+      default: q = _mm512_maskz_extractf32x4_ps(0xF, a, 3); break;
+    }
+    _mm_storeu_ps(out, _mm_add_ps(_mm_loadu_ps(out), q));
+  }
 };
 
 template <>
@@ -55,6 +67,10 @@ struct Vec<double> {
   }
   static V permute2(V a, V b, Idx idx) { return _mm512_permutex2var_pd(a, idx, b); }
   static constexpr bool native_shuffles = false;
+  static void add_quarter(double* out, V a, int lane0) {
+    const __m256d q = lane0 == 0 ? _mm512_maskz_extractf64x4_pd(0xF, a, 0) : _mm512_maskz_extractf64x4_pd(0xF, a, 1);
+    _mm256_storeu_pd(out, _mm256_add_pd(_mm256_loadu_pd(out), q));
+  }
 };
 
 #include "butterfly_simd_impl.h"

@@ -40,6 +40,9 @@ struct Vec<float> {
     return vreinterpretq_f32_u8(vqtbl2q_u8(table, idx));
   }
   static constexpr bool native_shuffles = false;  // permute2 is one instruction here
+  static void add_quarter(float* out, V a, int /*lane0: always 0 with 4 lanes*/) {
+    vst1q_f32(out, vaddq_f32(vld1q_f32(out), a));
+  }
 };
 
 #include "butterfly_simd_impl.h"

@@ -60,6 +60,10 @@ struct Vec {
     return r;
   }
   static constexpr bool native_shuffles = false;  // the generic permute2 rounds
+  // out[0..4) += lanes lane0 .. lane0 + 3 of a.
+  static void add_quarter(T* out, const V& a, int lane0) {
+    for (int k = 0; k < 4; ++k) out[k] += a.v[lane0 + k];
+  }
 };
 
 #include "butterfly_simd_impl.h"
