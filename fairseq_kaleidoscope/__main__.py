@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("fairseq_kaleidoscope.convert", "convert a dense fairseq checkpoint into a K-matrix one"),
     "demo": ("fairseq_kaleidoscope.recipes.main_job", "the main job: train dense and K-matrix models, compare"),
+    "distill": ("fairseq_kaleidoscope.recipes.distill", "a teacher translates a corpus: a student's training data"),
     "layer-demo": ("fairseq_kaleidoscope.demo", "KaleidoscopeLinear against nn.Linear on a few sizes"),
     "bench-kernels": ("fairseq_kaleidoscope.bench.kernels", "CPU benchmark: K-matrix multiply against nn.Linear"),
     "bench-decode": ("fairseq_kaleidoscope.recipes.decode_bench", "decoding speed and BLEU of fairseq models"),

@@ -238,6 +238,15 @@ def test_iwslt14_recipe_end_to_end(tmp_path: Path) -> None:
         assert "BLEU" in out
         row = json.loads((tmp_path / f"gen_{model}" / "decode_bench.json").read_text())["rows"][0]
         assert row["model"] == model and 0 <= row["bleu_tokenized"] <= 100
+    # a K-matrix student of the dense model, on its translations of the training set
+    out = run(
+        ["bash", "recipes/iwslt14_de_en/distill.sh", "scratch", *TINY_TRAIN, "--max-epoch", "1"],
+        DATA=str(data),
+        TEACHER=str(tmp_path / "ck_dense" / "checkpoint_best.pt"),
+        SAVE=str(tmp_path / "ck_student"),
+        BEAM="2",
+    )
+    assert "teacher decoding: 300 sentences" in out and (tmp_path / "ck_student" / "checkpoint1.pt").is_file()
     # valid/test-only binarization with the standard dictionary sizes, then the benchmark (tiny models)
     bench_data = tmp_path / "bench_bin"
     run(
@@ -289,15 +298,28 @@ def test_multi30k_recipe_end_to_end(tmp_path: Path) -> None:
     run(
         ["bash", "recipes/multi30k_de_en/evaluate.sh", "--max-sentences", "10"],
         DATA=str(data),
-        SAVE_DENSE=str(tmp_path / "ck_dense"),
-        SAVE_KMATRIX=str(tmp_path / "ck_kmatrix"),
+        MODELS=f"dense={tmp_path / 'ck_dense'} kmatrix={tmp_path / 'ck_kmatrix'}",
+        CHECKPOINT="avg2",
         OUT=str(tmp_path / "eval"),
     )
     report = json.loads((tmp_path / "eval" / "decode_bench.json").read_text())
     assert not report["forced_length"]
     assert {(r["setting"], r["model"]) for r in report["rows"]} == {
-        (s, m) for s in ("batch1-greedy", "batch128-beam4") for m in ("dense", "dense-int8", "kmatrix", "kmatrix-int8")
+        (s, m)
+        for s in ("batch128-beam5", "batch1-greedy", "batch128-beam4")
+        for m in ("dense", "dense-int8", "kmatrix", "kmatrix-int8")
     }
     sources = report["models"]
+    assert sources["dense"]["source"].endswith("checkpoint_avg2.pt")
+    assert sources["dense"]["training"]["epoch"] == 2 and "valid_loss" not in sources["dense"]["training"]
+    run(
+        ["bash", "recipes/multi30k_de_en/evaluate.sh", "--max-sentences", "4", "--setting", "b1:1:1"],
+        DATA=str(data),
+        MODELS=f"dense={tmp_path / 'ck_dense'}",
+        OUT=str(tmp_path / "eval_best"),
+    )
+    best = json.loads((tmp_path / "eval_best" / "decode_bench.json").read_text())["models"]["dense"]
+    assert best["source"].endswith("checkpoint_best.pt") and best["training"]["valid_loss"] > 0
+    assert "| valid loss (base 2) |" in (tmp_path / "eval_best" / "decode_bench.md").read_text()
     assert "--int8-dense all" in sources["dense-int8"]["source"]
     assert "--int8-dense encoder,output_projection" in sources["kmatrix-int8"]["source"]

@@ -55,6 +55,7 @@ def average_checkpoints(paths: Sequence[str]) -> dict:
         (k, v / len(paths) if v.is_floating_point() else torch.div(v, len(paths), rounding_mode="floor"))
         for k, v in sums.items()
     )
+    (first.get("extra_state") or {}).pop("val_loss", None)  # that of one input, not of the average
     return first
 
 

@@ -57,6 +57,7 @@ class BenchModel:
     source: str  # checkpoint path or the random-init options
     params: int = 0
     kmatrix_params: int = 0
+    training: dict = field(default_factory=dict)  # epochs, updates, minutes, valid loss of a trained checkpoint
 
 
 @dataclass
@@ -120,14 +121,35 @@ def random_model(name: str, data: str, options: str, seed: int) -> BenchModel:
     return BenchModel(name, model, task, f"random init: {options}")
 
 
+def training_record(state: dict) -> dict:
+    """What a fairseq-train checkpoint says about its training (empty for other checkpoints)."""
+    extra = state.get("extra_state") or {}
+    history = state.get("optimizer_history") or [{}]
+    iterator = extra.get("train_iterator") or {}
+    # fairseq stores the next epoch (iterations 0) once an epoch is complete
+    epoch = iterator.get("epoch")
+    if epoch is not None and not iterator.get("iterations_in_epoch"):
+        epoch -= 1
+    record = {
+        "epoch": epoch,
+        "updates": history[-1].get("num_updates"),
+        "training_minutes": extra["previous_training_time"] / 60 if "previous_training_time" in extra else None,
+        "valid_loss": extra.get("val_loss"),  # fairseq's validation loss (base 2) at this checkpoint
+    }
+    return {k: v for k, v in record.items() if v is not None}
+
+
 def load_checkpoint(name: str, data: str, path: str) -> BenchModel:
     from fairseq import checkpoint_utils
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path!r} (model {name!r}) does not exist")
     with hydra_deprecations_silenced():
-        models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
-    return BenchModel(name, models[0], task, path)
+        state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides={"data": data})
+        models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+            [path], arg_overrides={"data": data}, state=state
+        )
+    return BenchModel(name, models[0], task, path, training=training_record(state))
 
 
 def prepare_like_generate(model: torch.nn.Module) -> None:
@@ -353,7 +375,13 @@ def summarise(args, models: list[BenchModel], results: list[RunResult], refs: li
         "repeats": args.repeats,
         "baseline": models[0].name,
         "models": {
-            bm.name: {"source": bm.source, "params": bm.params, "kmatrix_params": bm.kmatrix_params} for bm in models
+            bm.name: {
+                "source": bm.source,
+                "params": bm.params,
+                "kmatrix_params": bm.kmatrix_params,
+                "training": bm.training,
+            }
+            for bm in models
         },
         "rows": rows,
     }

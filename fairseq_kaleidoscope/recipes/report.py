@@ -12,8 +12,8 @@ def markdown_table(report: dict) -> str:
     lines = [
         "| setting | model | params | K-matrix params | seconds | sentences/s | tokens/s | speed-up "
         "| CPU s | CPU speed-up | decoder calls | hypothesis-steps | BLEU (tokenized) | sacreBLEU (detok.) "
-        "| same output as |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| length / ref | same output as |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         lines.append(
@@ -21,8 +21,17 @@ def markdown_table(report: dict) -> str:
             f"| {r['sentences_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}× "
             f"| {r['cpu_seconds']:.2f} | {r['cpu_speedup']:.2f}× | {r['decoder_calls']:,} "
             f"| {r['decoder_hypothesis_steps']:,} | {r['bleu_tokenized']:.2f} | {r['bleu_sacrebleu_detok']:.2f} "
-            f"| {r.get('same_hyps_as') or '–'} |"
+            f"| {r['length_ratio']:.3f} | {r.get('same_hyps_as') or '–'} |"
         )
+    trained = {name: m["training"] for name, m in report.get("models", {}).items() if m.get("training")}
+    if trained:
+        lines += ["", "| model | epochs | updates | training minutes | valid loss (base 2) |", "|---|---|---|---|---|"]
+        for name, t in trained.items():
+            minutes, loss = t.get("training_minutes"), t.get("valid_loss")
+            lines.append(
+                f"| {name} | {t.get('epoch', '–')} | {t.get('updates', '–')} "
+                f"| {'–' if minutes is None else f'{minutes:.1f}'} | {'–' if loss is None else f'{loss:.3f}'} |"
+            )
     notes = [
         "",
         f"- machine: {report['machine']}; intra-op threads: {report['threads']}",
@@ -35,6 +44,7 @@ def markdown_table(report: dict) -> str:
         + (f"; median of {report['repeats']} interleaved runs" if report["repeats"] > 1 else "; one run each"),
         "- BLEU (tokenized): de-BPE'd hypotheses vs tokenized lower-cased references, sacrebleu tokenize=none; "
         "sacreBLEU (detok.): both sides Moses-detokenized, sacrebleu 13a",
+        "- length / ref: words of all hypotheses / words of all references (BPE removed)",
         "- same output as: the first model above whose hypotheses are identical to this one's",
         *(f"- {name}: {m['source']}" for name, m in report.get("models", {}).items()),
         f"- command: `{report['command']}`",

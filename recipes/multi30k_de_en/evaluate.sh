@@ -1,37 +1,40 @@
 #!/usr/bin/env bash
-# test_2016 BLEU and single-thread decoding wall-clock of the two trained Multi30k models.
+# test_2016 BLEU and single-thread CPU decoding of trained Multi30k models, in one table.
 #
 #   recipes/multi30k_de_en/evaluate.sh [decode_bench options]
 #
-# Averages the last NUM_AVG (default 5) epoch checkpoints of each model, then decodes
-# test_2016_flickr naturally (no forced lengths) at batch 1 greedy and batch 128 beam 4 with
-# one intra-op thread, each model in fp32 and with int8 dense layers (dense: all linear layers;
-# K-matrix: its dense remainder, --int8-dense encoder,output_projection).
+# MODELS: space-separated NAME=SAVE_DIR (default "dense=checkpoints/multi30k_dense
+# kmatrix=checkpoints/multi30k_kmatrix"); the first is the speed baseline. From each save directory
+# the CHECKPOINT rule picks the model: best (default: checkpoint_best.pt, lowest validation loss),
+# last, or avgN (the average of the last N epoch checkpoints). A directory holding only
+# checkpoint_avg.pt is decoded from that file. Each model is decoded in fp32 and with int8 dense layers
+# (models named dense*: all linear layers; the others, K-matrix: their dense remainder,
+# --int8-dense encoder,output_projection), with one intra-op thread, natural lengths: batch 128 beam 5
+# (test BLEU, the scoring docs/results.md uses), batch 1 greedy and batch 128 beam 4 (speed).
 # Writes decode_bench.{md,json,png} to OUT (default runs/results/multi30k).
-# A save directory holding only checkpoint_avg.pt (e.g. averaged on the GPU machine that
-# trained it) is decoded from that file as is.
-# Environment: DATA, SAVE_DENSE, SAVE_KMATRIX, NUM_AVG, OUT.
+# Environment: DATA, MODELS, CHECKPOINT, OUT.
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 DATA=${DATA:-$ROOT/data-bin/multi30k.de-en}
 OUT=${OUT:-$ROOT/runs/results/multi30k}
-N=${NUM_AVG:-5}
+MODELS=${MODELS:-dense=$ROOT/checkpoints/multi30k_dense kmatrix=$ROOT/checkpoints/multi30k_kmatrix}
+RULE=${CHECKPOINT:-best}
 ARGS=()
-for model in dense kmatrix; do
-    var=SAVE_${model^^}
-    save=${!var:-$ROOT/checkpoints/multi30k_$model}
-    n=$(find "$save" -maxdepth 1 -name 'checkpoint[0-9]*.pt' | wc -l)
-    if [ "$n" -ge 1 ]; then
-        n=$(( n < N ? n : N ))
-        "$PY" -m fairseq_kaleidoscope average-checkpoints --inputs "$save" --num-epoch-checkpoints "$n" \
-            --output "$save/checkpoint_avg.pt"
-        path=$save/checkpoint_avg.pt
-    elif [ -f "$save/checkpoint_avg.pt" ]; then
-        path=$save/checkpoint_avg.pt
-    else
-        path=$save/checkpoint_last.pt
-    fi
-    ARGS+=(--checkpoint "$model=$path" --checkpoint "$model-int8=$path")
+for spec in $MODELS; do
+    name=${spec%%=*} save=${spec#*=}
+    [ "$name" != "$spec" ] || { echo "evaluate.sh: MODELS entries must be NAME=SAVE_DIR, got $spec" >&2; exit 2; }
+    case $RULE in
+        best|last) path=$save/checkpoint_$RULE.pt ;;
+        avg[0-9]*)
+            n=${RULE#avg}
+            path=$save/checkpoint_avg$n.pt
+            "$PY" -m fairseq_kaleidoscope average-checkpoints --inputs "$save" --num-epoch-checkpoints "$n" --output "$path" ;;
+        *) echo "evaluate.sh: CHECKPOINT must be best, last or avgN, got $RULE" >&2; exit 2 ;;
+    esac
+    [ -f "$path" ] || path=$save/checkpoint_avg.pt
+    case $name in dense*) int8=all ;; *) int8=encoder,output_projection ;; esac
+    ARGS+=(--checkpoint "$name=$path" --checkpoint "$name-int8=$path" --int8 "$name-int8=$int8")
 done
 "$PY" -m fairseq_kaleidoscope.recipes.decode_bench "$DATA" "${ARGS[@]}" --remove-bpe --threads 1 \
-    --int8 dense-int8=all --int8 kmatrix-int8=encoder,output_projection --out-dir "$OUT" --title "Multi30k De-En test_2016, natural decoding" "$@"
+    --setting batch128-beam5:128:5 --setting batch1-greedy:1:1 --setting batch128-beam4:128:4 \
+    --out-dir "$OUT" --title "Multi30k De-En test_2016, natural decoding" "$@"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi30k task 1 German->English (29,000 / 1,014 / 1,000 pairs), binarized for fairseq.
 #
-#   recipes/multi30k_de_en/prepare.sh [--bpe-size 6000]
+#   recipes/multi30k_de_en/prepare.sh [--bpe-size 8000]
 #
 # Input: the tokenized lower-cased files {train,val,test_2016_flickr}.lc.norm.tok.{de,en}
 # from $SRC (default ../shared/data/multi30k when present), else downloaded from the
@@ -14,7 +14,7 @@ source "$(dirname "$0")/../common.sh"
 OUT=${OUT:-$ROOT/data-bin/multi30k.de-en}
 WORK=${WORK:-$ROOT/runs/multi30k}
 URL=${URL:-https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/tok}
-BPE_SIZE=6000
+BPE_SIZE=8000
 while [ $# -gt 0 ]; do
     case $1 in
         --bpe-size) BPE_SIZE=$2; shift 2 ;;

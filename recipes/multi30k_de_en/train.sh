@@ -39,7 +39,7 @@ OMP_NUM_THREADS=${THREADS:-$(nproc)} fairseq train "$DATA" --user-dir "$USER_DIR
     --encoder-kernel-size-list '[3,7,15]' --decoder-kernel-size-list '[3,7,15]' --share-all-embeddings \
     --dropout 0.3 --attention-dropout 0.1 --weight-dropout 0.1 --weight-decay 0.0001 \
     --optimizer adam --adam-betas '(0.9, 0.98)' --lr 0.001 --clip-norm 0 \
-    --lr-scheduler inverse_sqrt --warmup-updates 1000 --warmup-init-lr 1e-07 \
+    --lr-scheduler inverse_sqrt --warmup-updates 500 --warmup-init-lr 1e-07 \
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
-    --max-tokens 4096 --max-epoch "${MAX_EPOCH:-40}" --stop-time-hours "${BUDGET_HOURS:-0.75}" \
+    --max-tokens 4000 --max-epoch "${MAX_EPOCH:-40}" --stop-time-hours "${BUDGET_HOURS:-0.75}" \
     --keep-last-epochs 5 --num-workers 0 --no-progress-bar --log-interval 50 --save-dir "$SAVE" "$@"
