@@ -52,10 +52,16 @@ def _lines(path: Path) -> list[str]:
     return path.read_text("utf-8").splitlines()
 
 
-def test_translate_keeps_corpus_order_whatever_the_batching(teacher: tuple[Path, Path]) -> None:
+def test_translate_keeps_corpus_order_whatever_the_batching(
+    teacher: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
     data, ckpt = teacher
     torch.set_num_threads(1)
-    task, sources, refs, hyps, seconds = distill.translate(str(ckpt), str(data), beam=2, batch_size=16)
+    task, sources, refs, hyps, seconds = distill.translate(
+        str(ckpt), str(data), beam=2, batch_size=16, progress_every=50
+    )
+    err = capsys.readouterr().err
+    assert "[teacher] 64/120 sentences" in err and "ETA" in err and "[teacher] 120/120 sentences" in err
     _task, sources1, _refs, hyps1, _s = distill.translate(str(ckpt), str(data), beam=2, batch_size=1, max_sentences=9)
     assert len(sources) == len(refs) == len(hyps) == N_TRAIN and seconds > 0
     assert sources[:9] == sources1 and hyps[:9] == hyps1  # sentence i's translation lands on line i

@@ -316,6 +316,7 @@ def test_multi30k_recipe_end_to_end(tmp_path: Path) -> None:
         ["bash", "recipes/multi30k_de_en/evaluate.sh", "--max-sentences", "4", "--setting", "b1:1:1"],
         DATA=str(data),
         MODELS=f"dense={tmp_path / 'ck_dense'}",
+        CHECKPOINT="best",
         OUT=str(tmp_path / "eval_best"),
     )
     best = json.loads((tmp_path / "eval_best" / "decode_bench.json").read_text())["models"]["dense"]

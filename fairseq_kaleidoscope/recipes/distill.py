@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 import time
 from argparse import Namespace
 from collections.abc import Sequence
@@ -28,11 +27,7 @@ from pathlib import Path
 import torch
 
 from ..compat.quiet import hydra_deprecations_silenced
-
-
-def _eta(done: int, total: int, seconds: float) -> str:
-    left = seconds / max(done, 1) * (total - done)
-    return f"{int(left // 60)} min {int(left % 60):02d} s"
+from .progress import Progress
 
 
 def translate(
@@ -68,7 +63,7 @@ def translate(
     generator = task.build_generator([model], Namespace(beam=beam))
     order = sorted(range(total), key=lambda i: (int(dataset.src_sizes[i]), i))
     hyps: dict[int, str] = {}
-    seconds, next_report = 0.0, progress_every
+    seconds, progress = 0.0, Progress("teacher", total, every=progress_every)
     with torch.inference_mode():
         for k in range(0, total, batch_size):
             batch = dataset.collater([dataset[i] for i in order[k : k + batch_size]])
@@ -77,14 +72,8 @@ def translate(
             seconds += time.perf_counter() - start
             for sid, nbest in zip(batch["id"].tolist(), out, strict=True):
                 hyps[sid] = tgt_dict.string(nbest[0]["tokens"])
-            if len(hyps) >= next_report and len(hyps) < total:
-                next_report += progress_every
-                print(
-                    f"  [teacher] {len(hyps)}/{total} sentences, {seconds:.0f} s, "
-                    f"ETA {_eta(len(hyps), total, seconds)}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            progress.update(len(hyps), seconds)
+    progress.finish(seconds)
     sources = [src_dict.string(dataset[i]["source"]) for i in range(total)]
     refs = [tgt_dict.string(dataset[i]["target"]) for i in range(total)]
     return task, sources, refs, [hyps[i] for i in range(total)], seconds
@@ -147,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ratio = sum(len(h.split()) for h in hyps) / max(1, sum(len(r.split()) for r in refs))
     print(
         f"teacher decoding: {len(hyps)} sentences in {seconds:.1f} s ({len(hyps) / seconds:.1f} sentences/s; "
-        f"beam {args.beam}, batch {args.batch_size}, {args.threads} threads)",
+        f"beam {args.beam}, batch {args.batch_size}, {args.threads} thread{'s' * (args.threads > 1)})",
         flush=True,
     )
     print(

@@ -7,7 +7,7 @@ import time
 
 
 class Progress:
-    """Prints ``label: done/total sentences, seconds`` every ``every`` sentences."""
+    """Prints ``label: done/total sentences, seconds, ETA`` every ``every`` sentences."""
 
     def __init__(self, label: str, total: int, every: int = 50) -> None:
         self.label, self.total, self.every = label, total, max(1, every)
@@ -17,8 +17,13 @@ class Progress:
     def update(self, done: int, timed_seconds: float) -> None:
         if done >= self.next and done < self.total:
             self.next = (done // self.every + 1) * self.every
-            print(f"  [{self.label}] {done}/{self.total} sentences, {timed_seconds:.1f} s timed", file=sys.stderr,
-                  flush=True)
+            left = timed_seconds / done * (self.total - done)
+            print(
+                f"  [{self.label}] {done}/{self.total} sentences, {timed_seconds:.1f} s timed, "
+                f"ETA {int(left // 60)} min {int(left % 60):02d} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def finish(self, timed_seconds: float) -> None:
         wall = time.perf_counter() - self.start

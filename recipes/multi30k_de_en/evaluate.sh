@@ -5,8 +5,11 @@
 #
 # MODELS: space-separated NAME=SAVE_DIR (default "dense=checkpoints/multi30k_dense
 # kmatrix=checkpoints/multi30k_kmatrix"); the first is the speed baseline. From each save directory
-# the CHECKPOINT rule picks the model: best (default: checkpoint_best.pt, lowest validation loss),
-# last, or avgN (the average of the last N epoch checkpoints). A directory holding only
+# the CHECKPOINT rule picks the model: last (default: checkpoint_last.pt, the end of the budget), best
+# (checkpoint_best.pt, lowest validation loss) or avgN (the average of the last N epoch checkpoints).
+# On valid BLEU (docs/results.md) last = best > avg3 > avg5 for the dense model; for students trained on
+# distilled data the validation loss against real references picks early checkpoints (best: 6 BLEU
+# below last for the converted student), hence last. A directory holding only
 # checkpoint_avg.pt is decoded from that file. Each model is decoded in fp32 and with int8 dense layers
 # (models named dense*: all linear layers; the others, K-matrix: their dense remainder,
 # --int8-dense encoder,output_projection), with one intra-op thread, natural lengths: batch 128 beam 5
@@ -18,7 +21,7 @@ source "$(dirname "$0")/../common.sh"
 DATA=${DATA:-$ROOT/data-bin/multi30k.de-en}
 OUT=${OUT:-$ROOT/runs/results/multi30k}
 MODELS=${MODELS:-dense=$ROOT/checkpoints/multi30k_dense kmatrix=$ROOT/checkpoints/multi30k_kmatrix}
-RULE=${CHECKPOINT:-best}
+RULE=${CHECKPOINT:-last}
 ARGS=()
 for spec in $MODELS; do
     name=${spec%%=*} save=${spec#*=}

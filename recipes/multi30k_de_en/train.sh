@@ -4,7 +4,8 @@
 #   recipes/multi30k_de_en/train.sh dense|kmatrix [extra fairseq-train options]
 #
 # Model: kaleidoscope_lightconv, 3+3 layers, embed 256, FFN 512, kernels 3/7/15, 4 heads,
-# shared embeddings. Budget: at most BUDGET_HOURS of wall-clock (default 0.75, i.e.
+# shared embeddings. Schedule: Adam, lr 1e-3 with inverse-sqrt decay after 500 warm-up updates
+# (from 1e-7), max-tokens 4000; evaluate.sh scores checkpoint_last.pt. Budget: at most BUDGET_HOURS of wall-clock (default 0.75, i.e.
 # 45 minutes; fairseq's --stop-time-hours) or MAX_EPOCH epochs (default 40), whichever
 # comes first; the same budget for both models. "kmatrix" replaces every decoder linear
 # layer (--kmatrix-layers decoder.all) and trains the twiddles at LR_SCALE (default 10) times
