@@ -9,8 +9,8 @@ import pytest
 
 from fairseq_kaleidoscope.__main__ import COMMANDS, main
 
-EXPECTED = {"convert", "demo", "layer-demo", "bench-kernels", "bench-decode", "bench-dynconv", "fit-transforms",
-            "average-checkpoints", "param-count"}  # fmt: skip
+EXPECTED = {"convert", "distill", "demo", "layer-demo", "bench-kernels", "bench-decode", "bench-dynconv",
+            "fit-transforms", "average-checkpoints", "param-count"}  # fmt: skip
 
 
 def test_help_lists_every_command() -> None:
