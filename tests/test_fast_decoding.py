@@ -9,6 +9,7 @@ from conftest import build_tiny_model
 from fairseq.sequence_generator import SequenceGenerator
 
 from fairseq_kaleidoscope.models.builder import dummy_dictionary
+from fairseq_kaleidoscope.modules.fused_decoder_step import FusedDecoderStep, has_fused_decoder_step
 from fairseq_kaleidoscope.modules.lightconv_layers import LightConvDecoderLayerState
 
 VOCAB = 40
@@ -58,12 +59,26 @@ def test_search_results_equal_the_full_forward(spec: str, beam: int, need_attn: 
 
 
 @pytest.mark.parametrize("beam", [1, 3])
-def test_compiled_step_equals_the_reference_step(beam: int) -> None:
+def test_compiled_step_equals_the_reference_step(beam: int, monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model("decoder.all")
+    model.make_generation_fast_(need_attn=False)
+    fused_steps = []
+    run_fused = FusedDecoderStep.__call__
+
+    def counted(self: FusedDecoderStep, x: torch.Tensor, state: LightConvDecoderLayerState) -> torch.Tensor:
+        fused_steps.append(1)
+        return run_fused(self, x, state)
+
+    monkeypatch.setattr(FusedDecoderStep, "__call__", counted)
     got = _generate(model, beam, batch=6)
+    if has_fused_decoder_step():
+        assert len(fused_steps) >= 3 * 2  # each of the 3 layers, at least two positions
     model.use_reference_step()
-    assert all(layer.conv.reference_step and layer.encoder_attn.reference_step for layer in model.decoder.layers)
+    fused_steps.clear()
+    assert all(layer.reference_step and layer.conv.reference_step and layer.encoder_attn.reference_step
+               for layer in model.decoder.layers)
     _assert_same_hypotheses(_generate(model, beam, batch=6), got, beam, attention=False)
+    assert not fused_steps
 
 
 def test_beam_search_shares_encoder_keys_per_sentence() -> None:

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import uuid
 
+import torch
 import torch.nn.functional as F
 from fairseq.modules import FairseqDropout, LayerNorm
 from torch import Tensor, nn
 
 from .dynamic_convolution import DynamicConv, DynamicConvState, IncrementalState
 from .encoder_attention import EncoderAttention, EncoderAttentionState
+from .fused_decoder_step import FusedDecoderStep, plan_fused_step
 from .kmatrix_layers import ATTN_PROJ, KMatrixOptions, make_linear, replace_projections
 
 ENCODER_SUBLAYERS = ("conv_in", "conv_weight", "conv_out", "fc1", "fc2")
@@ -118,12 +120,15 @@ class LightConvEncoderLayer(_ConvBlock):
 
 
 class LightConvDecoderLayerState:
-    """Decoding state of one decoder layer: its convolution's and its encoder attention's."""
+    """Decoding state of one decoder layer: its convolution's and its encoder attention's, and
+    the fused op's arguments (None: this layer decodes with the reference step)."""
 
-    __slots__ = ("attn", "conv")
+    __slots__ = ("attn", "conv", "fused")
 
-    def __init__(self, conv: DynamicConvState, attn: EncoderAttentionState | None) -> None:
-        self.conv, self.attn = conv, attn
+    def __init__(
+        self, conv: DynamicConvState, attn: EncoderAttentionState | None, fused: FusedDecoderStep | None = None
+    ) -> None:
+        self.conv, self.attn, self.fused = conv, attn, fused
 
     def reorder(self, new_order: Tensor) -> None:
         self.conv.reorder(new_order)
@@ -136,7 +141,9 @@ class LightConvDecoderLayer(_ConvBlock):
 
     ``forward`` runs a whole sequence (training, scoring); decoding runs :meth:`step` one
     position at a time on a :class:`LightConvDecoderLayerState` (``allocate_state``), kept
-    under this layer's one key of fairseq's ``incremental_state`` (``get_state``).
+    under this layer's one key of fairseq's ``incremental_state`` (``get_state``). A step is one
+    call of the compiled ``lightconv_decoder_step`` where it covers the layer (see
+    ``fused_decoder_step.py``), else :meth:`step_reference`.
     """
 
     def __init__(self, cfg: object, kernel_size: int, kmatrix: frozenset[str], kopts: KMatrixOptions) -> None:
@@ -151,6 +158,7 @@ class LightConvDecoderLayer(_ConvBlock):
         self.encoder_attn_layer_norm = LayerNorm(self.embed_dim)
         self.final_layer_norm = LayerNorm(self.embed_dim)
         self.need_attn = True
+        self.reference_step = False  # decode with step_reference (set by ``use_reference_step``)
         self.state_key = f"{uuid.uuid4()}.state"  # this layer's key in incremental_state (looked up every step)
 
     def _attend(self, x: Tensor, encoder_out: Tensor, encoder_padding_mask: Tensor | None):
@@ -190,15 +198,21 @@ class LightConvDecoderLayer(_ConvBlock):
         attn = None
         if encoder_out is not None:
             attn = self.encoder_attn.allocate_state(B, encoder_out, encoder_padding_mask, encoder_rows)
-        state = LightConvDecoderLayerState(self.conv.allocate_state(B, x), attn)
+        fused = None if self.reference_step else plan_fused_step(self, x, attn is not None)
+        state = LightConvDecoderLayerState(self.conv.allocate_state(B, x), attn, fused)
         incremental_state[self.state_key] = state
         return state
 
     def step(self, x: Tensor, state: LightConvDecoderLayerState) -> tuple[Tensor, Tensor | None]:
         """One decoding position (eval): (B, C) -> (B, C), and the attention weights (B, 1, S) if
-        ``need_attn``. The sub-layers of ``forward`` without its generic plumbing (closures,
-        no-op dropouts): at batch 1 a step is a few dozen small ops, and per-op Python costs
-        as much as the arithmetic."""
+        ``need_attn``: the fused op where the state planned it, else :meth:`step_reference`."""
+        if state.fused is not None and not self.need_attn and not torch.is_grad_enabled():
+            return state.fused(x, state), None
+        return self.step_reference(x, state)
+
+    def step_reference(self, x: Tensor, state: LightConvDecoderLayerState) -> tuple[Tensor, Tensor | None]:
+        """The plain-PyTorch step: the sub-layers of ``forward`` without its generic plumbing
+        (closures, no-op dropouts)."""
         pre = self.normalize_before
         h = self.conv_layer_norm(x) if pre else x
         h = self.linear1(h)
