@@ -3,6 +3,7 @@ and each recipe end to end on a few hundred sentences (tiny models, a few update
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -161,6 +162,41 @@ def test_forced_length_same_steps_for_dense_and_kmatrix(synthetic_bin: Path) -> 
             assert runs[0].decoder_rows == setting.beam * (sum(want) + len(want))
 
 
+def test_ctranslate2_rows_decode_what_fairseq_decodes(synthetic_bin: Path, tmp_path: Path) -> None:
+    """A random Transformer converted to CTranslate2: float32 gives fairseq's hypotheses, every row the fixed length."""
+    pytest.importorskip("ctranslate2")
+    transformer = " ".join(tiny_model_args("transformer", layers=(1, 1)))
+    args = decode_bench.build_parser().parse_args([
+        str(synthetic_bin), "--random", f"transformer={transformer}", "--ctranslate2", "ct2=transformer:float32",
+        "--ctranslate2", "ct2-int8=transformer:int8", "--fixed-length", "6", "--max-sentences", "6",
+        "--setting", "b1:1:1", "--setting", "b3:3:2", "--warmup", "1", "--out-dir", str(tmp_path),
+    ])  # fmt: skip
+    report = decode_bench.run_benchmark(args)
+    rows = {(r["setting"], r["model"]): r for r in report["rows"]}
+    for setting in ("b1", "b3"):
+        assert rows[(setting, "ct2")]["same_hyps_as"] == "transformer"
+        assert all(rows[(setting, m)]["tokens"] == 6 * 6 for m in ("transformer", "ct2", "ct2-int8"))
+        assert rows[(setting, "ct2")]["decoder_calls"] is None
+    assert "CTranslate2 " in report["models"]["ct2-int8"]["source"]
+    assert "| – | – |" in (tmp_path / "decode_bench.md").read_text()
+
+
+def test_ctranslate2_rows_refuse_what_they_cannot_run(synthetic_bin: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ctranslate2")
+    common = [str(synthetic_bin), "--max-sentences", "2", "--warmup", "0", "--out-dir", str(tmp_path)]
+    lightconv = ["--random", f"lc={TINY} --arch kaleidoscope_lightconv"]
+    with pytest.raises(SystemExit, match="CTranslate2 runs fairseq Transformers, model 'lc' is --arch"):
+        decode_bench.run_benchmark(decode_bench.build_parser().parse_args(
+            [*common, *lightconv, "--ctranslate2", "ct2=lc:int8", "--fixed-length", "3"]))
+    transformer = ["--random", "t=" + " ".join(tiny_model_args("transformer", layers=(1, 1)))]
+    with pytest.raises(SystemExit, match="CTranslate2 forces one length per call: use --fixed-length N, or batch 1"):
+        decode_bench.run_benchmark(decode_bench.build_parser().parse_args(
+            [*common, *transformer, "--ctranslate2", "ct2=t:int8", "--forced-length", "--setting", "b2:2:1"]))
+    with pytest.raises(SystemExit, match="expected NAME=MODEL:COMPUTE_TYPE"):
+        decode_bench.run_benchmark(decode_bench.build_parser().parse_args([*common, *transformer, "--ctranslate2",
+                                                                           "ct2=t"]))
+
+
 # ---------------------------------------------------------------- recipes end to end
 
 
@@ -271,6 +307,15 @@ def test_iwslt14_recipe_end_to_end(tmp_path: Path) -> None:
             == rows[(setting, "kmatrix-int8")]["decoder_hypothesis_steps"]
         )
     assert (tmp_path / "bench" / "decode_bench.md").read_text().count("| b1 |") == 5
+    if importlib.util.find_spec("ctranslate2") is not None:  # the optional CTranslate2 comparison rows
+        run("bash recipes/iwslt14_de_en/benchmark.sh --ctranslate2 --max-sentences 4 --warmup 1".split(),
+            DATA=str(bench_data), OUT=str(tmp_path / "ct2"), ARCH_OPTIONS=TINY, FIXED_LENGTH="5",
+            TRANSFORMER_OPTIONS=" ".join(tiny_model_args("transformer", layers=(1, 1))))
+        rows = json.loads((tmp_path / "ct2" / "decode_bench.json").read_text())["rows"]
+        assert {r["model"] for r in rows} == {"fairseq-lightconv", "fairseq-transformer", "ct2-fp32", "ct2-int8",
+                                              "dense", "dense-int8", "kmatrix", "kmatrix-int8"}
+        assert all(r["tokens"] == 5 * 4 for r in rows) and len(rows) == 8 * 3
+        assert all(r["same_hyps_as"] == "fairseq-transformer" for r in rows if r["model"] == "ct2-fp32")
     for setting in ("b1", "b4"):
         # the same K-matrix weights through the reference decoding step: the same outputs
         assert rows[(setting, "kmatrix-reference")]["same_hyps_as"] == "kmatrix"

@@ -21,7 +21,12 @@ model whose hypotheses are identical.
 ``--forced-length`` makes every hypothesis exactly as long as its reference (see
 ``forced_length.py``), so that models decode the same number of steps whatever their
 weights; the decoder calls and hypothesis-steps are counted with a forward pre-hook and
-reported. Without it decoding is natural (EOS when the model says so).
+reported. Without it decoding is natural (EOS when the model says so). ``--fixed-length N``
+forces every hypothesis to N tokens instead.
+
+``--ctranslate2 NAME=MODEL:COMPUTE_TYPE`` adds a row decoded by CTranslate2: the ``--random``
+fairseq Transformer MODEL, converted (see ``ctranslate2_rows.py``; needs ``pip install
+ctranslate2``).
 
 Writes ``decode_bench.json``, ``decode_bench.md`` and ``decode_bench.png`` (plus the
 hypotheses) into ``--out-dir`` and prints the markdown table.
@@ -58,6 +63,7 @@ class BenchModel:
     params: int = 0
     kmatrix_params: int = 0
     training: dict = field(default_factory=dict)  # epochs, updates, minutes, valid loss of a trained checkpoint
+    args: argparse.Namespace | None = None  # the fairseq options of a --random model
 
 
 @dataclass
@@ -72,11 +78,11 @@ class RunResult:
     setting: str
     model: str
     seconds: float
-    cpu_seconds: float  # CPU time of the decoding thread during the timed calls
+    cpu_seconds: float  # CPU time of the process (all its threads) during the timed calls
     sentences: int
     tokens: int
-    decoder_calls: int
-    decoder_rows: int
+    decoder_calls: int | None  # None: not counted (CTranslate2)
+    decoder_rows: int | None
     hyps: list[str] = field(repr=False, default_factory=list)
     lengths: list[int] = field(repr=False, default_factory=list)  # generated tokens per sentence, EOS excluded
 
@@ -118,7 +124,7 @@ def random_model(name: str, data: str, options: str, seed: int) -> BenchModel:
         task = tasks.setup_task(args)
         torch.manual_seed(seed)
         model = task.build_model(args)
-    return BenchModel(name, model, task, f"random init: {options}")
+    return BenchModel(name, model, task, f"random init: {options}", args=args)
 
 
 def training_record(state: dict) -> dict:
@@ -174,6 +180,13 @@ def make_batches(dataset, indices: list[int], batch_size: int) -> list[dict]:
     return [dataset.collater([dataset[i] for i in order[k : k + batch_size]]) for k in range(0, len(order), batch_size)]
 
 
+def forced_lengths(batch: dict, pad: int, fixed_length: int | None) -> torch.Tensor:
+    """The length (EOS excluded) each sentence of ``batch`` is forced to: ``fixed_length``, or its reference's."""
+    if fixed_length is not None:
+        return torch.full((batch["target"].size(0),), fixed_length, dtype=torch.long)
+    return (batch["target"].ne(pad).sum(1) - 1).clamp(min=1)
+
+
 def _generator(bm: BenchModel, setting: Setting, forced: bool, max_len_b: int):
     from fairseq.sequence_generator import SequenceGenerator
 
@@ -196,28 +209,30 @@ def decode(
     remove_bpe: bool,
     progress: Progress | None = None,
     max_len_b: int = 200,
+    fixed_length: int | None = None,
 ) -> RunResult:
-    """Decode ``batches``; time only ``generate``. Hypotheses are returned in sentence-id order."""
+    """Decode ``batches``; time only ``generate``. Hypotheses are returned in sentence-id order.
+    ``forced``: every hypothesis ends at its reference's length, or at ``fixed_length`` if given."""
     tgt_dict = bm.task.target_dictionary
     pad, eos = tgt_dict.pad(), tgt_dict.eos()
     if forced:
-        max_len_b = max(int(b["target"].ne(pad).sum(1).max()) for b in batches)
+        max_len_b = max((int(forced_lengths(b, pad, fixed_length).max()) for b in batches), default=0) + 1
     gen, ensemble = _generator(bm, setting, forced, max_len_b)
     hyps: dict[int, str] = {}
     lengths: dict[int, int] = {}
     seconds, cpu_seconds, tokens, done = 0.0, 0.0, 0, 0
     for batch in batches:
+        wanted = forced_lengths(batch, pad, fixed_length)
         if forced:
-            ensemble.set_lengths((batch["target"].ne(pad).sum(1) - 1).clamp(min=1))
-        start, cpu_start = time.perf_counter(), time.thread_time()
+            ensemble.set_lengths(wanted)
+        start, cpu_start = time.perf_counter(), time.process_time()
         out = gen.generate([bm.model], batch)
         seconds += time.perf_counter() - start
-        cpu_seconds += time.thread_time() - cpu_start
-        wanted = batch["target"].ne(pad).sum(1) - 1
+        cpu_seconds += time.process_time() - cpu_start
         for k, (sid, nbest) in enumerate(zip(batch["id"].tolist(), out, strict=True)):
             best = nbest[0]["tokens"]
             lengths[sid] = int(best.ne(eos).sum())
-            if forced and lengths[sid] != max(1, int(wanted[k])):
+            if forced and lengths[sid] != int(wanted[k]):
                 raise RuntimeError(
                     f"forced-length decoding produced {lengths[sid]} tokens for sentence {sid}, "
                     f"expected {int(wanted[k])}"
@@ -258,6 +273,36 @@ def check_same_vocab(models: list[BenchModel]) -> None:
                 raise ValueError(f"models {first.name!r} and {bm.name!r} have different {side} sizes")
 
 
+def ctranslate2_models(args: argparse.Namespace, by_name: dict[str, BenchModel]) -> list:
+    """The ``--ctranslate2 NAME=MODEL:COMPUTE_TYPE`` rows: MODEL converted once, loaded per compute type."""
+    if not args.ctranslate2:
+        return []
+    from . import ctranslate2_rows
+
+    converted: dict[str, Path] = {}
+    rows = []
+    for name, value in args.ctranslate2:
+        model, compute_type = ctranslate2_rows.parse_spec(name, value)
+        if model not in by_name:
+            raise SystemExit(f"decode_bench: --ctranslate2 {name}: {model!r} is not a model; models: {list(by_name)}")
+        if name in by_name or any(r.name == name for r in rows):
+            raise SystemExit(f"decode_bench: model names must be unique ({name!r})")
+        if model not in converted:
+            converted[model] = ctranslate2_rows.convert(by_name[model], args.data, Path(args.out_dir) / "ctranslate2")
+        rows.append(ctranslate2_rows.load(name, by_name[model], converted[model], compute_type, args.threads))
+    return rows
+
+
+def decode_any(bm, setting: Setting, batches: list[dict], forced: bool, args: argparse.Namespace,
+               progress: Progress | None = None) -> RunResult:
+    """``decode`` for fairseq models, ``ctranslate2_rows.decode`` for CTranslate2 ones."""
+    if isinstance(bm, BenchModel):
+        return decode(bm, setting, batches, forced, args.remove_bpe, progress, fixed_length=args.fixed_length)
+    from . import ctranslate2_rows
+
+    return ctranslate2_rows.decode(bm, setting, batches, forced, args.fixed_length, args.remove_bpe, progress)
+
+
 def run_benchmark(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     models = [load_checkpoint(name, args.data, path) for name, path in args.checkpoint]
@@ -286,6 +331,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 raise SystemExit(f"decode_bench: --reference-step {bm.name}: the model has no reference step")
             bm.model.use_reference_step()
             bm.source += "; reference decoding step"
+    ct2 = ctranslate2_models(args, by_name)  # each listed after the model it was converted from
+    models = [row for bm in models for row in [bm, *(c for c in ct2 if c.converted_from == bm.name)]]
+    forced = args.forced_length or args.fixed_length is not None
     task = models[0].task
     task.load_dataset(args.subset)
     dataset = task.dataset(args.subset)
@@ -298,12 +346,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             batches = make_batches(dataset, indices, setting.batch)
             warm = make_batches(dataset, warm_indices, setting.batch) if warm_indices else []
             for bm in models:  # untimed warm-up of every model before any timing
-                decode(bm, setting, warm, args.forced_length, args.remove_bpe)
+                decode_any(bm, setting, warm, forced, args)
             for repeat in range(args.repeats):  # interleaved: m1, m2, m1, m2, ...
                 for bm in models:
                     label = f"{setting.name} {bm.name}" + (f" (run {repeat + 1})" if args.repeats > 1 else "")
                     progress = Progress(label, len(indices), every=args.progress_every)
-                    r = decode(bm, setting, batches, args.forced_length, args.remove_bpe, progress)
+                    r = decode_any(bm, setting, batches, forced, args, progress)
                     progress.finish(r.seconds)
                     results.append(r)
     return summarise(args, models, results, refs, len(dataset))
@@ -365,13 +413,13 @@ def summarise(args, models: list[BenchModel], results: list[RunResult], refs: li
         "sentences": len(refs),
         "subset_size": total,
         "sentence_selection": "all" if len(refs) == total else f"{len(refs)} evenly spaced of {total}",
-        "forced_length": args.forced_length,
-        "decoding": "forced to the reference length (EOS banned before it, forced at it)"
-        if args.forced_length
-        else "natural (fairseq SequenceGenerator, max length 200)",
+        "forced_length": args.forced_length or args.fixed_length is not None,
+        "fixed_length": args.fixed_length,
+        "decoding": decoding_description(args),
         "timed": "SequenceGenerator.generate calls only (encoder, incremental decoder, search), after "
         f"{args.warmup} warm-up sentence(s) per model and setting; excludes model build/load, data loading, "
-        "collation, detokenisation and scoring",
+        "collation, detokenisation and scoring"
+        + ("; CTranslate2 rows: its translate_batch calls, likewise" if args.ctranslate2 else ""),
         "repeats": args.repeats,
         "baseline": models[0].name,
         "models": {
@@ -387,6 +435,19 @@ def summarise(args, models: list[BenchModel], results: list[RunResult], refs: li
     }
     write_reports(report, out_dir, "decode_bench", args.title)
     return report
+
+
+def decoding_description(args: argparse.Namespace) -> str:
+    if args.fixed_length is not None:
+        how = f"forced to {args.fixed_length} tokens per sentence"
+    elif args.forced_length:
+        how = "forced to the reference length"
+    else:
+        return "natural (fairseq SequenceGenerator, max length 200)"
+    how += " (fairseq: EOS banned before it, decoded at it"
+    if args.ctranslate2:
+        how += "; CTranslate2: min = max decoding length, no EOS step"
+    return how + ")"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subset", default="test")
     parser.add_argument("--max-sentences", type=int, default=None, help="decode this many evenly spaced sentences")
     parser.add_argument("--forced-length", action="store_true", help="force each hypothesis to the reference length")
+    parser.add_argument("--fixed-length", type=int, default=None, metavar="N",
+                        help="force every hypothesis to N tokens (replaces --forced-length)")
+    parser.add_argument(
+        "--ctranslate2", action="append", default=[], type=name_value, metavar="NAME=MODEL:COMPUTE_TYPE",
+        help="a row decoded by CTranslate2: --random Transformer MODEL converted, at COMPUTE_TYPE (float32, int8, ...)",
+    )
     parser.add_argument("--remove-bpe", action="store_true", help="strip '@@ ' BPE before scoring")
     parser.add_argument("--target-lang", default="en")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
@@ -436,6 +503,8 @@ def main(argv: list[str] | None = None) -> None:
         args.setting = [parse_setting("batch1-greedy:1:1"), parse_setting("batch128-beam4:128:4")]
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         raise SystemExit("decode_bench: --threads and --repeats must be >= 1, --warmup >= 0")
+    if args.fixed_length is not None and (args.fixed_length < 1 or args.forced_length):
+        raise SystemExit("decode_bench: --fixed-length N needs N >= 1 and replaces --forced-length")
     run_benchmark(args)
     print((Path(args.out_dir) / "decode_bench.md").read_text(encoding="utf-8"))
     print(f"written: {Path(args.out_dir) / 'decode_bench'}.{{md,json,png}}", file=sys.stderr)

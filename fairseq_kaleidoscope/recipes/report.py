@@ -15,12 +15,15 @@ def markdown_table(report: dict) -> str:
         "| length / ref | same output as |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    def count(n: int | None) -> str:
+        return "–" if n is None else f"{n:,}"
+
     for r in report["rows"]:
         lines.append(
             f"| {r['setting']} | {r['model']} | {r['params']:,} | {r['kmatrix_params']:,} | {r['seconds']:.2f} "
             f"| {r['sentences_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}× "
-            f"| {r['cpu_seconds']:.2f} | {r['cpu_speedup']:.2f}× | {r['decoder_calls']:,} "
-            f"| {r['decoder_hypothesis_steps']:,} | {r['bleu_tokenized']:.2f} | {r['bleu_sacrebleu_detok']:.2f} "
+            f"| {r['cpu_seconds']:.2f} | {r['cpu_speedup']:.2f}× | {count(r['decoder_calls'])} "
+            f"| {count(r['decoder_hypothesis_steps'])} | {r['bleu_tokenized']:.2f} | {r['bleu_sacrebleu_detok']:.2f} "
             f"| {r['length_ratio']:.3f} | {r.get('same_hyps_as') or '–'} |"
         )
     trained = {name: m["training"] for name, m in report.get("models", {}).items() if m.get("training")}
@@ -38,8 +41,8 @@ def markdown_table(report: dict) -> str:
         f"- data: {report['data']} ({report['subset']}: {report['sentence_selection']})",
         f"- decoding: {report['decoding']}",
         f"- timed: {report['timed']}",
-        "- seconds: wall-clock; CPU s: CPU time of the decoding thread over the same calls (less sensitive to "
-        "other processes on a shared machine)",
+        "- seconds: wall-clock; CPU s: CPU time of the process, all its threads, over the same calls (less "
+        "sensitive to other processes on a shared machine)",
         f"- speed-up: seconds of `{report['baseline']}` / seconds of the model, same setting, same process"
         + (f"; median of {report['repeats']} interleaved runs" if report["repeats"] > 1 else "; one run each"),
         "- BLEU (tokenized): de-BPE'd hypotheses vs tokenized lower-cased references, sacrebleu tokenize=none; "

@@ -3,6 +3,7 @@
 #
 #   recipes/iwslt14_de_en/benchmark.sh                 # randomly initialised IWSLT-sized models, forced lengths
 #   recipes/iwslt14_de_en/benchmark.sh --trained       # the averaged checkpoints of train.sh/generate.sh, natural
+#   recipes/iwslt14_de_en/benchmark.sh --ctranslate2   # + fairseq's Transformer and lightconv, CTranslate2 fp32/int8
 #   ... [decode_bench options], e.g. --max-sentences 300 --repeats 2
 #
 # Settings: batch 1 greedy (latency, the paper's setting) and batch 128 beam 4 (fairseq's
@@ -18,6 +19,11 @@
 # runs/results/iwslt14_benchmark), KMATRIX_LAYERS (default decoder.all), INT8_DENSE (default
 # encoder,output_projection), SAVE_DENSE, SAVE_KMATRIX,
 # ARCH_OPTIONS (more model options for the random-init models, e.g. smaller sizes for a smoke test).
+# --ctranslate2: random-init rows against what users run today, every hypothesis forced to
+# FIXED_LENGTH (default 25) tokens (CTranslate2 takes one length per call): stock fairseq
+# lightconv and Transformer (fp32), CTranslate2 fp32 and int8 on that Transformer (needs pip
+# install ctranslate2), our dense lightconv (fp32, int8) and K-matrix lightconv; settings batch 1 greedy, batch 32 and
+# batch 128 beam 4. TRANSFORMER_OPTIONS: more model options for the Transformer.
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 DATA=${DATA:-$ROOT/data-bin/iwslt14.tokenized.de-en}
@@ -31,6 +37,16 @@ if [ "${1:-}" = "--trained" ]; then
     MODELS=(--checkpoint "dense=$DENSE" --checkpoint "dense-int8=$DENSE"
             --checkpoint "kmatrix=$KMAT" --checkpoint "kmatrix-int8=$KMAT")
     TITLE="IWSLT14 De-En test, trained models, natural decoding"
+elif [ "${1:-}" = "--ctranslate2" ]; then
+    shift
+    KMAT="$ARCH --kmatrix-layers ${KMATRIX_LAYERS:-decoder.all}"
+    MODELS=(--random "fairseq-lightconv=--arch lightconv_iwslt_de_en --encoder-glu 0 --decoder-glu 0 ${ARCH_OPTIONS:-}"
+            --random "fairseq-transformer=--arch transformer_iwslt_de_en ${TRANSFORMER_OPTIONS:-}"
+            --ctranslate2 ct2-fp32=fairseq-transformer:float32 --ctranslate2 ct2-int8=fairseq-transformer:int8
+            --random "dense=$ARCH --kmatrix-layers none" --random "dense-int8=$ARCH --kmatrix-layers none"
+            --random "kmatrix=$KMAT" --random "kmatrix-int8=$KMAT" --fixed-length "${FIXED_LENGTH:-25}" --setting batch1-greedy:1:1 --setting batch32-beam4:32:4
+            --setting batch128-beam4:128:4)
+    TITLE="IWSLT14 De-En test, random-init IWSLT-sized models, ${FIXED_LENGTH:-25} tokens per sentence"
 else
     KMAT="$ARCH --kmatrix-layers ${KMATRIX_LAYERS:-decoder.all}"
     MODELS=(--random "dense=$ARCH --kmatrix-layers none" --random "dense-int8=$ARCH --kmatrix-layers none"
