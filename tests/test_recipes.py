@@ -311,11 +311,11 @@ def test_iwslt14_recipe_end_to_end(tmp_path: Path) -> None:
         run("bash recipes/iwslt14_de_en/benchmark.sh --ctranslate2 --max-sentences 4 --warmup 1".split(),
             DATA=str(bench_data), OUT=str(tmp_path / "ct2"), ARCH_OPTIONS=TINY, FIXED_LENGTH="5",
             TRANSFORMER_OPTIONS=" ".join(tiny_model_args("transformer", layers=(1, 1))))
-        rows = json.loads((tmp_path / "ct2" / "decode_bench.json").read_text())["rows"]
-        assert {r["model"] for r in rows} == {"fairseq-lightconv", "fairseq-transformer", "ct2-fp32", "ct2-int8",
-                                              "dense", "dense-int8", "kmatrix", "kmatrix-int8"}
-        assert all(r["tokens"] == 5 * 4 for r in rows) and len(rows) == 8 * 3
-        assert all(r["same_hyps_as"] == "fairseq-transformer" for r in rows if r["model"] == "ct2-fp32")
+        ct2_rows = json.loads((tmp_path / "ct2" / "decode_bench.json").read_text())["rows"]
+        assert {r["model"] for r in ct2_rows} == {"fairseq-lightconv", "fairseq-transformer", "ct2-fp32", "ct2-int8",
+                                                  "dense", "dense-int8", "kmatrix", "kmatrix-int8"}
+        assert all(r["tokens"] == 5 * 4 for r in ct2_rows) and len(ct2_rows) == 8 * 3
+        assert all(r["same_hyps_as"] == "fairseq-transformer" for r in ct2_rows if r["model"] == "ct2-fp32")
     for setting in ("b1", "b4"):
         # the same K-matrix weights through the reference decoding step: the same outputs
         assert rows[(setting, "kmatrix-reference")]["same_hyps_as"] == "kmatrix"
