@@ -113,13 +113,15 @@ def test_distill_recipe_scratch_and_mix(teacher: tuple[Path, Path], tmp_path: Pa
     assert len(mixed) == 2 * N_TRAIN and mixed[N_TRAIN:] == tgt
 
 
-def test_distill_recipe_converted_student(teacher: tuple[Path, Path], tmp_path: Path) -> None:
-    """convert --activations from the teacher, then fine-tuning on the distilled data starts from it."""
+@pytest.mark.parametrize("targets", ["distilled", "original"])
+def test_distill_recipe_converted_student(teacher: tuple[Path, Path], tmp_path: Path, targets: str) -> None:
+    """convert --activations from the teacher, then fine-tuning on the distilled (or original) data starts from it."""
     data, ckpt = teacher
     out = run(
         ["bash", "recipes/multi30k_de_en/distill.sh", "convert", *TINY_TRAIN, "--max-epoch", "1"],
         DATA=str(data),
         TEACHER=str(ckpt),
+        TARGETS=targets,
         BEAM="1",
         THREADS="1",
         DISTILLED=str(tmp_path / "distilled"),
@@ -129,6 +131,8 @@ def test_distill_recipe_converted_student(teacher: tuple[Path, Path], tmp_path: 
     )
     converted = tmp_path / "student" / "converted.pt"
     assert converted.is_file()
+    assert (tmp_path / "distilled").is_dir() == (targets == "distilled")  # original: no teacher decoding
+    assert f"training the K-matrix student on {data if targets == 'original' else tmp_path / 'distilled'}" in out
     assert f"Loaded checkpoint {converted}" in out  # fairseq-train restored the converted model
     assert "'kmatrix_lr_scale': 1.0" in out  # the fitted twiddles are not trained at 10x
     start = load(converted)["model"]
@@ -146,3 +150,7 @@ def test_distill_recipe_needs_a_teacher(tmp_path: Path) -> None:
         run(["bash", script, "scratch"], DATA=str(tmp_path), TEACHER=str(tmp_path / "none.pt"), SAVE=str(tmp_path))
     with pytest.raises(pytest.fail.Exception, match="must be scratch or convert"):
         run(["bash", script, "teacher"], TEACHER=str(tmp_path / "none.pt"))
+    (tmp_path / "t.pt").write_bytes(b"")
+    with pytest.raises(pytest.fail.Exception, match=r"TARGETS must be distilled .* or original, got both"):
+        run(["bash", script, "convert"], DATA=str(tmp_path), TEACHER=str(tmp_path / "t.pt"), SAVE=str(tmp_path),
+            TARGETS="both")

@@ -8,7 +8,7 @@
 # its decoder's linear layers fitted as K-matrices on recorded inputs, then fine-tuned.
 # Environment: TEACHER (default checkpoints/iwslt14_dense/checkpoint_best.pt), DATA (default
 # data-bin/iwslt14.tokenized.de-en), SAVE (default checkpoints/iwslt14_student_<start>), and those
-# of ../distill_student.sh (BEAM, BATCH, THREADS, MIX, DISTILLED, ACTIVATIONS, LR_SCALE) and
+# of ../distill_student.sh (BEAM, BATCH, THREADS, MIX, TARGETS, DISTILLED, ACTIVATIONS, LR_SCALE) and
 # train.sh (MAX_UPDATE).
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"

@@ -9,7 +9,7 @@
 # convert --activations), then fine-tuned. Environment: TEACHER (default
 # checkpoints/multi30k_dense/checkpoint_best.pt), DATA (default data-bin/multi30k.de-en), SAVE
 # (default checkpoints/multi30k_student_<start>), and those of ../distill_student.sh (BEAM, BATCH,
-# THREADS, MIX, DISTILLED, ACTIVATIONS, LR_SCALE) and train.sh (BUDGET_HOURS, MAX_EPOCH).
+# THREADS, MIX, TARGETS, DISTILLED, ACTIVATIONS, LR_SCALE) and train.sh (BUDGET_HOURS, MAX_EPOCH).
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 INIT=${1:?usage: distill.sh scratch|convert [fairseq-train options]}
