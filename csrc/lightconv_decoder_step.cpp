@@ -95,8 +95,9 @@ at::Tensor lightconv_decoder_step_impl(const at::Tensor& x_in, const c10::List<O
   return normalize_before ? x : norm(2, x);
 }
 
-// Autograd key: refuse inputs that want a gradient (there is none), run below autograd, and
-// mark the ring buffer as modified in place.
+// Autograd key: refuse inputs that want a gradient (there is none), redispatch below autograd (so
+// the inputs' device picks the kernel, as for dynconv_step), and mark the ring buffer as modified
+// in place.
 at::Tensor lightconv_decoder_step_autograd(const at::Tensor& x, const c10::List<OptTensor>& linears,
                                            at::IntArrayRef out_features, at::TensorList norms, double eps,
                                            const at::Tensor& cache, int64_t step, bool conv_softmax, bool glu,
@@ -105,12 +106,15 @@ at::Tensor lightconv_decoder_step_autograd(const at::Tensor& x, const c10::List<
   TORCH_CHECK(!(at::GradMode::is_enabled() && x.requires_grad()),
               "lightconv_decoder_step is for inference and has no gradient, but its input requires grad: call it "
               "under torch.no_grad() or torch.inference_mode()");
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("kaleidoscope::lightconv_decoder_step", "")
+                             .typed<decltype(lightconv_decoder_step_impl)>();
   at::Tensor out;
   {
     at::AutoGradMode no_grad(false);  // the parameters require grad; this step records nothing
     at::AutoDispatchBelowADInplaceOrView guard;
-    out = lightconv_decoder_step_impl(x, linears, out_features, norms, eps, cache, step, conv_softmax, glu, key, value,
-                                      key_padding_mask, scaling, normalize_before);
+    out = op.call(x, linears, out_features, norms, eps, cache, step, conv_softmax, glu, key, value, key_padding_mask,
+                  scaling, normalize_before);
   }
   cache.unsafeGetTensorImpl()->bump_version();
   return out;

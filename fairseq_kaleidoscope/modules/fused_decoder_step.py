@@ -26,6 +26,7 @@ from ..kmatrix.layer import KaleidoscopeLinear
 logger = logging.getLogger(__name__)
 
 _HAS_COMPILED_OP = has_kernel("kaleidoscope::lightconv_decoder_step", "CPU")
+_OP = torch.ops.kaleidoscope.lightconv_decoder_step.default if _HAS_COMPILED_OP else None  # looked up once
 
 
 def has_fused_decoder_step() -> bool:
@@ -49,7 +50,7 @@ class FusedDecoderStep:
         key = value = pad = None
         if attn is not None:
             key, value, pad = attn.key, attn.value, attn.padding_mask
-        y = torch.ops.kaleidoscope.lightconv_decoder_step.default(
+        y = _OP(
             x, self.linears, self.out_features, self.norms, self.eps, conv.ring, conv.steps, self.softmax,
             self.glu, key, value, pad, self.scaling, self.pre,
         )

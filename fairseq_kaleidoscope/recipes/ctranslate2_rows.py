@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .decode_bench import BenchModel, RunResult, Setting
+from .decode_bench import BenchModel, RunResult, Setting, forced_lengths
 
 
 @dataclass
@@ -103,12 +103,12 @@ def decode(
     hyps: dict[int, str] = {}
     lengths: dict[int, int] = {}
     seconds, cpu_seconds, tokens, done = 0.0, 0.0, 0, 0
+    special = {src_dict.pad(), src_dict.eos()}  # CTranslate2 takes the words; it appends EOS itself
     for batch in batches:
-        special = {src_dict.pad(), src_dict.eos()}
         sources = [[src_dict[t] for t in row.tolist() if t not in special] for row in batch["net_input"]["src_tokens"]]
         limits = {"max_decoding_length": 200}
-        if forced:
-            length = fixed_length or max(1, int(batch["target"].ne(tgt_dict.pad()).sum()) - 1)
+        if forced:  # one length for the whole call (checked above: fixed, or batch 1)
+            length = int(forced_lengths(batch, tgt_dict.pad(), fixed_length)[0])
             limits = {"min_decoding_length": length, "max_decoding_length": length}
         start, cpu_start = time.perf_counter(), time.process_time()
         out = cm.translator.translate_batch(

@@ -187,6 +187,11 @@ def forced_lengths(batch: dict, pad: int, fixed_length: int | None) -> torch.Ten
     return (batch["target"].ne(pad).sum(1) - 1).clamp(min=1)
 
 
+def forced_decoding(args: argparse.Namespace) -> bool:
+    """Whether hypotheses are forced to a length (--forced-length or --fixed-length)."""
+    return args.forced_length or args.fixed_length is not None
+
+
 def _generator(bm: BenchModel, setting: Setting, forced: bool, max_len_b: int):
     from fairseq.sequence_generator import SequenceGenerator
 
@@ -333,7 +338,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             bm.source += "; reference decoding step"
     ct2 = ctranslate2_models(args, by_name)  # each listed after the model it was converted from
     models = [row for bm in models for row in [bm, *(c for c in ct2 if c.converted_from == bm.name)]]
-    forced = args.forced_length or args.fixed_length is not None
+    forced = forced_decoding(args)
     task = models[0].task
     task.load_dataset(args.subset)
     dataset = task.dataset(args.subset)
@@ -413,7 +418,7 @@ def summarise(args, models: list[BenchModel], results: list[RunResult], refs: li
         "sentences": len(refs),
         "subset_size": total,
         "sentence_selection": "all" if len(refs) == total else f"{len(refs)} evenly spaced of {total}",
-        "forced_length": args.forced_length or args.fixed_length is not None,
+        "forced_length": forced_decoding(args),
         "fixed_length": args.fixed_length,
         "decoding": decoding_description(args),
         "timed": "SequenceGenerator.generate calls only (encoder, incremental decoder, search), after "
