@@ -153,7 +153,7 @@ def _import_plugin_in_a_subprocess(opt_out: str | None) -> str:
 
 def test_each_fairseq_fix_logs_one_line_and_can_be_left_out() -> None:
     out = _import_plugin_in_a_subprocess(None)
-    for name in ("safe_globals", "optimizer", "batching"):
+    for name in ("safe_globals", "optimizer", "batching", "lean_search"):
         assert out.count(f"fairseq fix '{name}' installed") == 1, out
     assert "batching patched: True" in out and "optimizer patched: True" in out
     out = _import_plugin_in_a_subprocess("batching")

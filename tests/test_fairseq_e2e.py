@@ -31,9 +31,9 @@ TINY = {
 }
 
 
-def run(script: str, *args: str, stdin: str | None = None, cwd: Path) -> str:
+def run(script: str, *args: str, stdin: str | None = None, cwd: Path, env: dict | None = None) -> str:
     proc = subprocess.run(
-        [str(BIN / script), *args], input=stdin, capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300
+        [str(BIN / script), *args], input=stdin, capture_output=True, text=True, env=env or ENV, cwd=cwd, timeout=300
     )
     assert proc.returncode == 0, f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc.stdout + proc.stderr
@@ -99,6 +99,26 @@ def test_generate_and_interactive(lightconv_run: Path) -> None:
               "--beam", "2", "--cpu", "--source-lang", "de", "--target-lang", "en",
               stdin="w1 w2 w3\nw5 w7\n", cwd=root)  # fmt: skip
     assert out.count("\nH-") == 2
+
+
+def test_greedy_search_runs_the_lean_loop_with_fairseqs_hypotheses(lightconv_run: Path) -> None:
+    """fairseq-generate and fairseq-interactive at beam 1: the lean loop by default, the same
+    hypotheses and scores as fairseq's SequenceGenerator (the ``lean_search`` fix opted out)."""
+    root = lightconv_run.parent
+    checkpoint = str(lightconv_run / "checkpoint_last.pt")
+    generate = ("fairseq-generate", "bin", "--user-dir", USER_DIR, "--path", checkpoint, "--beam", "1", "--cpu",
+                "--max-tokens", "1200", "--gen-subset", "test", "--lenpen", "0.7", "--min-len", "2")  # fmt: skip
+    interactive = ("fairseq-interactive", "bin", "--user-dir", USER_DIR, "--path", checkpoint, "--beam", "1", "--cpu",
+                   "--source-lang", "de", "--target-lang", "en")  # fmt: skip
+    stock = {**ENV, "KALEIDOSCOPE_DISABLE_FAIRSEQ_PATCHES": "lean_search"}
+    for command, stdin in ((generate, None), (interactive, "w1 w2 w3\nw5 w7 w9 w11\n")):
+        lean, fairseq = (run(*command, stdin=stdin, cwd=root, env=env) for env in (ENV, stock))
+        assert "runs the lean loop" in lean and "runs the lean loop" not in fairseq
+
+        def hypotheses(out: str) -> list[str]:
+            return sorted(line for line in out.splitlines() if line[:2] in ("H-", "P-", "D-"))
+
+        assert hypotheses(lean) == hypotheses(fairseq) and len(hypotheses(lean)) == (60 if stdin is None else 6)
 
 
 def test_average_checkpoints_then_generate(lightconv_run: Path) -> None:

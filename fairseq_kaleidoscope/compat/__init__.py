@@ -6,6 +6,9 @@
 * ``batching``: the last partial batch is no longer silently dropped (fairseq-generate
   translated up to 7 sentences fewer than the test set). Process-wide: it changes batching
   for stock fairseq models in the same process too (``batch_by_size`` does not know the model).
+* ``lean_search``: ``fairseq-generate`` and ``fairseq-interactive`` search our LightConv
+  models with ``LeanSequenceGenerator`` (greedy search without beam bookkeeping; identical
+  hypotheses). Other models keep fairseq's generator.
 
 Each fix logs one line when it is installed. ``KALEIDOSCOPE_DISABLE_FAIRSEQ_PATCHES`` (a
 comma-separated list of the names above, or ``all``) leaves fixes out.
@@ -16,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import batching, optimizer, safe_globals
+from . import batching, generator, optimizer, safe_globals
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +32,8 @@ PATCHES = {
                   "per-parameter lr_scale / weight-decay tags (--kmatrix-lr-scale, no decay on twiddles)"),
     "batching": (batching.install, "fairseq.data.data_utils.batch_by_size keeps the last partial batch "
                  "(for every model in this process)"),
+    "lean_search": (generator.install, "FairseqTask.build_generator picks LeanSequenceGenerator for "
+                    "kaleidoscope_lightconv models (other models keep fairseq's generator)"),
 }  # fmt: skip
 _installed: set[str] = set()
 
@@ -60,4 +65,4 @@ def install() -> None:
                     name, what, OPT_OUT_VARIABLE, name)  # fmt: skip
 
 
-__all__ = ["PATCHES", "batching", "disabled_patches", "install", "optimizer", "safe_globals"]
+__all__ = ["PATCHES", "batching", "disabled_patches", "generator", "install", "optimizer", "safe_globals"]

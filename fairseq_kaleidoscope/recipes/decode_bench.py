@@ -3,10 +3,10 @@
 Models are either trained checkpoints (``--checkpoint NAME=PATH``) or randomly initialised
 from fairseq training options (``--random NAME="--arch ... --kmatrix-layers ..."``). Each
 setting (``--setting NAME:BATCH:BEAM``; default ``batch1-greedy:1:1`` and
-``batch128-beam4:128:4``) decodes the same sentences with fairseq's ``SequenceGenerator``
+``batch128-beam4:128:4``) decodes the same sentences with the generator ``fairseq-generate`` uses
 under ``torch.set_num_threads(--threads)``.
 
-What is timed: only the ``SequenceGenerator.generate`` calls (encoder + incremental
+What is timed: only the generator's ``generate`` calls (encoder + incremental
 decoder + search) over all batches, after an untimed warm-up. Model building or loading,
 data loading, batching/collation, detokenisation and scoring are outside the clock.
 
@@ -16,7 +16,9 @@ attention weights kept, ``--int8-dense`` applied). ``--int8 NAME=WHERE`` sets a 
 through the plain-PyTorch decoding step (``model.use_reference_step()``: the reference
 convolution step and explicit attention products instead of the compiled op and the fused
 attention kernel), to measure what they gain; the table's last column names the earlier
-model whose hypotheses are identical.
+model whose hypotheses are identical. Our LightConv models are searched as
+``fairseq-generate`` searches them (greedy: ``LeanSequenceGenerator``);
+``--fairseq-search NAME`` gives model NAME fairseq's ``SequenceGenerator`` instead.
 
 ``--forced-length`` makes every hypothesis exactly as long as its reference (see
 ``forced_length.py``), so that models decode the same number of steps whatever their
@@ -64,6 +66,7 @@ class BenchModel:
     kmatrix_params: int = 0
     training: dict = field(default_factory=dict)  # epochs, updates, minutes, valid loss of a trained checkpoint
     args: argparse.Namespace | None = None  # the fairseq options of a --random model
+    fairseq_search: bool = False  # search with fairseq's SequenceGenerator even where fairseq-generate would not
 
 
 @dataclass
@@ -195,6 +198,7 @@ def forced_decoding(args: argparse.Namespace) -> bool:
 def _generator(bm: BenchModel, setting: Setting, forced: bool, max_len_b: int):
     from fairseq.sequence_generator import SequenceGenerator
 
+    from ..compat.generator import lean_generator_for
     from .forced_length import CountingEnsemble, ForcedLengthEnsemble
 
     tgt_dict = bm.task.target_dictionary
@@ -202,7 +206,9 @@ def _generator(bm: BenchModel, setting: Setting, forced: bool, max_len_b: int):
     ensemble.eval()
     if hasattr(bm.model, "set_beam_size"):  # the generator sets it for beams > 1 only: reset it for beam 1
         bm.model.set_beam_size(setting.beam)
-    gen = SequenceGenerator(ensemble, tgt_dict, beam_size=setting.beam, max_len_a=0, max_len_b=max_len_b)
+    # the generator class fairseq-generate would use (the lean greedy loop for our LightConv models)
+    generator = SequenceGenerator if bm.fairseq_search else lean_generator_for([bm.model]) or SequenceGenerator
+    gen = generator(ensemble, tgt_dict, beam_size=setting.beam, max_len_a=0, max_len_b=max_len_b)
     return gen, ensemble
 
 
@@ -319,11 +325,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if len(by_name) != len(models):
         raise SystemExit("decode_bench: model names must be unique")
     int8 = dict(args.int8)
-    for name in [*int8, *args.reference_step]:
+    for name in [*int8, *args.reference_step, *args.fairseq_search]:
         if name not in by_name:
-            raise SystemExit(
-                f"decode_bench: --int8/--reference-step name {name!r} is not a model; models: {list(by_name)}"
-            )
+            raise SystemExit(f"decode_bench: --int8/--reference-step/--fairseq-search name {name!r} is not a model; "
+                             f"models: {list(by_name)}")
     for bm in models:
         bm.model.eval()
         bm.params, bm.kmatrix_params = count_params(bm.model)
@@ -336,6 +341,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 raise SystemExit(f"decode_bench: --reference-step {bm.name}: the model has no reference step")
             bm.model.use_reference_step()
             bm.source += "; reference decoding step"
+        if bm.name in args.fairseq_search:
+            bm.fairseq_search = True
+            bm.source += "; fairseq's SequenceGenerator"
     ct2 = ctranslate2_models(args, by_name)  # each listed after the model it was converted from
     models = [row for bm in models for row in [bm, *(c for c in ct2 if c.converted_from == bm.name)]]
     forced = forced_decoding(args)
@@ -421,7 +429,7 @@ def summarise(args, models: list[BenchModel], results: list[RunResult], refs: li
         "forced_length": forced_decoding(args),
         "fixed_length": args.fixed_length,
         "decoding": decoding_description(args),
-        "timed": "SequenceGenerator.generate calls only (encoder, incremental decoder, search), after "
+        "timed": "generate calls only (encoder, incremental decoder, search), after "
         f"{args.warmup} warm-up sentence(s) per model and setting; excludes model build/load, data loading, "
         "collation, detokenisation and scoring"
         + ("; CTranslate2 rows: its translate_batch calls, likewise" if args.ctranslate2 else ""),
@@ -448,7 +456,7 @@ def decoding_description(args: argparse.Namespace) -> str:
     elif args.forced_length:
         how = "forced to the reference length"
     else:
-        return "natural (fairseq SequenceGenerator, max length 200)"
+        return "natural (EOS when the model says so, max length 200)"
     how += " (fairseq: EOS banned before it, decoded at it"
     if args.ctranslate2:
         how += "; CTranslate2: min = max decoding length, no EOS step"
@@ -469,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reference-step", action="append", default=[], metavar="NAME",
         help="decode model NAME through the plain-PyTorch reference decoding step",
+    )
+    parser.add_argument(
+        "--fairseq-search", action="append", default=[], metavar="NAME",
+        help="search with fairseq's SequenceGenerator for model NAME (instead of the lean greedy loop)",
     )
     parser.add_argument(
         "--setting",

@@ -22,8 +22,9 @@
 # --ctranslate2: random-init rows against what users run today, every hypothesis forced to
 # FIXED_LENGTH (default 25) tokens (CTranslate2 takes one length per call): stock fairseq
 # lightconv and Transformer (fp32), CTranslate2 fp32 and int8 on that Transformer (needs pip
-# install ctranslate2), our dense lightconv (fp32, int8) and K-matrix lightconv; settings batch 1 greedy, batch 32 and
-# batch 128 beam 4. TRANSFORMER_OPTIONS: more model options for the Transformer.
+# install ctranslate2), our dense lightconv (fp32, int8) and K-matrix lightconv (fp32; int8 remainder, also
+# searched by fairseq's SequenceGenerator instead of the lean greedy loop); settings batch 1 greedy, batch 32
+# and batch 128 beam 4. TRANSFORMER_OPTIONS: more model options for the Transformer.
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 DATA=${DATA:-$ROOT/data-bin/iwslt14.tokenized.de-en}
@@ -44,8 +45,10 @@ elif [ "${1:-}" = "--ctranslate2" ]; then
             --random "fairseq-transformer=--arch transformer_iwslt_de_en ${TRANSFORMER_OPTIONS:-}"
             --ctranslate2 ct2-fp32=fairseq-transformer:float32 --ctranslate2 ct2-int8=fairseq-transformer:int8
             --random "dense=$ARCH --kmatrix-layers none" --random "dense-int8=$ARCH --kmatrix-layers none"
-            --random "kmatrix=$KMAT" --random "kmatrix-int8=$KMAT" --fixed-length "${FIXED_LENGTH:-25}" --setting batch1-greedy:1:1 --setting batch32-beam4:32:4
-            --setting batch128-beam4:128:4)
+            --random "kmatrix=$KMAT" --random "kmatrix-int8=$KMAT"
+            --random "kmatrix-int8-fairseq-search=$KMAT" --int8 "kmatrix-int8-fairseq-search=${INT8_DENSE:-encoder,output_projection}"
+            --fairseq-search kmatrix-int8-fairseq-search --fixed-length "${FIXED_LENGTH:-25}"
+            --setting batch1-greedy:1:1 --setting batch32-beam4:32:4 --setting batch128-beam4:128:4)
     TITLE="IWSLT14 De-En test, random-init IWSLT-sized models, ${FIXED_LENGTH:-25} tokens per sentence"
 else
     KMAT="$ARCH --kmatrix-layers ${KMATRIX_LAYERS:-decoder.all}"
