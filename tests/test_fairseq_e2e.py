@@ -102,12 +102,13 @@ def test_generate_and_interactive(lightconv_run: Path) -> None:
 
 
 def test_greedy_search_runs_the_lean_loop_with_fairseqs_hypotheses(lightconv_run: Path) -> None:
-    """fairseq-generate and fairseq-interactive at beam 1: the lean loop by default, the same
+    """fairseq-generate (with a target prefix) and fairseq-interactive at beam 1: the lean loop by default, the same
     hypotheses and scores as fairseq's SequenceGenerator (the ``lean_search`` fix opted out)."""
     root = lightconv_run.parent
     checkpoint = str(lightconv_run / "checkpoint_last.pt")
     generate = ("fairseq-generate", "bin", "--user-dir", USER_DIR, "--path", checkpoint, "--beam", "1", "--cpu",
-                "--max-tokens", "1200", "--gen-subset", "test", "--lenpen", "0.7", "--min-len", "2")  # fmt: skip
+                "--max-tokens", "1200", "--gen-subset", "test", "--lenpen", "0.7", "--min-len", "2",
+                "--prefix-size", "1")  # fmt: skip
     interactive = ("fairseq-interactive", "bin", "--user-dir", USER_DIR, "--path", checkpoint, "--beam", "1", "--cpu",
                    "--source-lang", "de", "--target-lang", "en")  # fmt: skip
     stock = {**ENV, "KALEIDOSCOPE_DISABLE_FAIRSEQ_PATCHES": "lean_search"}

@@ -73,6 +73,18 @@ def test_greedy_hypotheses_and_scores_are_fairseqs(batch: int, options: dict) ->
         assert len({len(h[0]["tokens"]) for h in got}) > 1
 
 
+def test_prefix_tokens_are_forced_as_fairseq_forces_them() -> None:
+    """Prefixes of different lengths (pad-ended, as fairseq-generate's --prefix-size takes them from the
+    targets), one ending in EOS, with a minimum length that does not apply while a prefix is forced."""
+    model = _model()
+    sample = _sample(5)
+    prefix = torch.tensor([[7, 8, 9], [5, 1, 1], [6, EOS, 1], [4, 4, 4], [9, 8, 1]])
+    expected = _generate(SequenceGenerator, model, sample, {"prefix_tokens": prefix}, min_len=4)
+    got = _generate(LeanSequenceGenerator, model, sample, {"prefix_tokens": prefix}, min_len=4)
+    _assert_identical(expected, got)
+    assert got[2][0]["tokens"].tolist() == [6, EOS] and got[0][0]["tokens"][:3].tolist() == [7, 8, 9]
+
+
 def test_attention_is_kept_as_fairseq_keeps_it() -> None:
     model = _model()
     model.make_generation_fast_(need_attn=True)
@@ -107,7 +119,7 @@ def test_min_len_above_max_len_is_a_clear_error() -> None:
     ("options", "kwargs", "reason"),
     [
         ({"beam_size": 3}, {}, "beam 3"),
-        ({}, {"prefix_tokens": torch.full((4, 2), 7)}, "prefix tokens"),
+        ({"match_source_len": True}, {}, "--match-source-len"),
         ({"no_repeat_ngram_size": 2}, {}, "--no-repeat-ngram-size"),
     ],
 )

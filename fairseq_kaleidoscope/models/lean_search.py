@@ -5,11 +5,12 @@ for beams as our decoder spends on the step itself: candidate masks, an identity
 reordering of every cached state, finalisation through index lists. With one beam none of
 that is needed. ``LeanSequenceGenerator`` is a ``SequenceGenerator`` whose beam-1 searches
 run a short loop with the same arithmetic in the same order (NaN, pad and unk handling,
-minimum and maximum length, cumulative scores, top-k tie-breaking, the length penalty,
-finished sentences leaving the batch at the same steps), so its hypotheses, scores,
-positional scores and attention are identical. Anything the loop does not cover (beam > 1,
-prefix tokens, constraints, ensembles, an LM, n-gram blocking, other search strategies)
-runs fairseq's own search after one log line per reason.
+minimum and maximum length, prefix tokens through fairseq's own ``_prefix_tokens``,
+cumulative scores, top-k tie-breaking, the length penalty, finished sentences leaving the
+batch at the same steps), so its hypotheses, scores, positional scores and attention are
+identical. Anything the loop does not cover (beam > 1, constraints, ensembles, an LM,
+n-gram blocking, other search strategies) runs fairseq's own search after one log line per
+reason.
 
 ``fairseq-generate`` and ``fairseq-interactive`` pick it for our LightConv models through
 the ``lean_search`` fix in ``compat`` (opt out: ``KALEIDOSCOPE_DISABLE_FAIRSEQ_PATCHES=lean_search``).
@@ -51,7 +52,6 @@ class LeanSequenceGenerator(SequenceGenerator):
             f"search strategy {type(self.search).__name__}": type(self.search) is not search.BeamSearch,
             "an ensemble": self.model.models_size != 1,
             "a decoder without incremental state": not self.model.has_incremental_states(),
-            "prefix tokens": prefix_tokens is not None,
             "constraints": constraints is not None,
             "a language model": self.lm_model is not None,
             "--no-repeat-ngram-size": self.repeat_ngram_blocker is not None,
@@ -72,9 +72,9 @@ class LeanSequenceGenerator(SequenceGenerator):
             _log_fallback(why)
             return super()._generate(sample, prefix_tokens, constraints, bos_token)
         _log_lean()
-        return self._greedy(sample, bos_token)
+        return self._greedy(sample, prefix_tokens, bos_token)
 
-    def _greedy(self, sample: dict, bos_token: int | None) -> list[list[Hypothesis]]:
+    def _greedy(self, sample: dict, prefix_tokens: Tensor | None, bos_token: int | None) -> list[list[Hypothesis]]:
         net_input = sample["net_input"]
         src_tokens = net_input["src_tokens"]
         bsz, src_len = src_tokens.size()[:2]
@@ -100,6 +100,10 @@ class LeanSequenceGenerator(SequenceGenerator):
                 tokens[:, : step + 1], encoder_outs, incremental_states, self.temperature
             )
             lprobs = self._mask(lprobs, step, max_len)
+            if prefix_tokens is not None and step < prefix_tokens.size(1) and step < max_len:
+                lprobs, tokens, scores = self._prefix_tokens(step, lprobs, scores, tokens, prefix_tokens, 1)
+            else:  # as fairseq: the minimum length and suppressed tokens do not apply while a prefix is forced
+                lprobs = self._unprefixed(lprobs, step)
             if step_attn is not None:
                 if attn is None:
                     attn = torch.empty(bsz, step_attn.size(1), max_len + 2).to(scores)
@@ -120,17 +124,22 @@ class LeanSequenceGenerator(SequenceGenerator):
             keep = (~ended).nonzero().squeeze(1)
             sentences = [sentences[r] for r in keep.tolist()]
             tokens, scores = tokens[keep], scores[keep]
+            prefix_tokens = None if prefix_tokens is None else prefix_tokens[keep]
             attn = None if attn is None else attn[keep]
         return finalized
 
     def _mask(self, lprobs: Tensor, step: int, max_len: int) -> Tensor:
-        """SequenceGenerator's edits of the next-token log-probabilities, in its order."""
+        """SequenceGenerator's edits of the next-token log-probabilities before prefix tokens, in its order."""
         lprobs[lprobs != lprobs] = -math.inf
         lprobs[:, self.pad] = -math.inf
         lprobs[:, self.unk] -= self.unk_penalty
         if step >= max_len:
             lprobs[:, : self.eos] = -math.inf
             lprobs[:, self.eos + 1 :] = -math.inf
+        return lprobs
+
+    def _unprefixed(self, lprobs: Tensor, step: int) -> Tensor:
+        """SequenceGenerator's edits of positions that no prefix token forces."""
         if step < self.min_len:
             lprobs[:, self.eos] = -math.inf
         if self.token_indices_to_suppress is not None:
