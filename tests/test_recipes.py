@@ -313,9 +313,12 @@ def test_iwslt14_recipe_end_to_end(tmp_path: Path) -> None:
             TRANSFORMER_OPTIONS=" ".join(tiny_model_args("transformer", layers=(1, 1))))
         ct2_rows = json.loads((tmp_path / "ct2" / "decode_bench.json").read_text())["rows"]
         assert {r["model"] for r in ct2_rows} == {"fairseq-lightconv", "fairseq-transformer", "ct2-fp32", "ct2-int8",
-                                                  "dense", "dense-int8", "kmatrix", "kmatrix-int8"}
-        assert all(r["tokens"] == 5 * 4 for r in ct2_rows) and len(ct2_rows) == 8 * 3
+                                                  "dense", "dense-int8", "kmatrix", "kmatrix-int8",
+                                                  "kmatrix-int8-fairseq-search"}  # fmt: skip
+        assert all(r["tokens"] == 5 * 4 for r in ct2_rows) and len(ct2_rows) == 9 * 3
         assert all(r["same_hyps_as"] == "fairseq-transformer" for r in ct2_rows if r["model"] == "ct2-fp32")
+        # the lean greedy loop (and at beam 4 fairseq's search for both) gives fairseq's hypotheses
+        assert all(r["same_hyps_as"] == "kmatrix-int8" for r in ct2_rows if r["model"] == "kmatrix-int8-fairseq-search")
     for setting in ("b1", "b4"):
         # the same K-matrix weights through the reference decoding step: the same outputs
         assert rows[(setting, "kmatrix-reference")]["same_hyps_as"] == "kmatrix"
