@@ -1,4 +1,4 @@
-"""Decoding our LightConv model on a GPU: the lean greedy loop and fairseq's search agree, and the
+"""Decoding our LightConv model on a GPU: the lean search loops and fairseq's search agree, and the
 CUDA hypotheses are the CPU ones (the CPU-only fused ops fall back to the reference step there)."""
 
 import pytest

@@ -101,15 +101,16 @@ def test_generate_and_interactive(lightconv_run: Path) -> None:
     assert out.count("\nH-") == 2
 
 
-def test_greedy_search_runs_the_lean_loop_with_fairseqs_hypotheses(lightconv_run: Path) -> None:
-    """fairseq-generate (with a target prefix) and fairseq-interactive at beam 1: the lean loop by default, the same
-    hypotheses and scores as fairseq's SequenceGenerator (the ``lean_search`` fix opted out)."""
+@pytest.mark.parametrize("beam", ["1", "3"])
+def test_search_runs_the_lean_loop_with_fairseqs_hypotheses(lightconv_run: Path, beam: str) -> None:
+    """fairseq-generate (with a target prefix) and fairseq-interactive, greedy and beam: the lean loop by default, the
+    same hypotheses and scores as fairseq's SequenceGenerator (the ``lean_search`` fix opted out)."""
     root = lightconv_run.parent
     checkpoint = str(lightconv_run / "checkpoint_last.pt")
-    generate = ("fairseq-generate", "bin", "--user-dir", USER_DIR, "--path", checkpoint, "--beam", "1", "--cpu",
+    generate = ("fairseq-generate", "bin", "--user-dir", USER_DIR, "--path", checkpoint, "--beam", beam, "--cpu",
                 "--max-tokens", "1200", "--gen-subset", "test", "--lenpen", "0.7", "--min-len", "2",
                 "--prefix-size", "1")  # fmt: skip
-    interactive = ("fairseq-interactive", "bin", "--user-dir", USER_DIR, "--path", checkpoint, "--beam", "1", "--cpu",
+    interactive = ("fairseq-interactive", "bin", "--user-dir", USER_DIR, "--path", checkpoint, "--beam", beam, "--cpu",
                    "--source-lang", "de", "--target-lang", "en")  # fmt: skip
     stock = {**ENV, "KALEIDOSCOPE_DISABLE_FAIRSEQ_PATCHES": "lean_search"}
     for command, stdin in ((generate, None), (interactive, "w1 w2 w3\nw5 w7 w9 w11\n")):

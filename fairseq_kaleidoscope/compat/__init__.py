@@ -7,8 +7,8 @@
   translated up to 7 sentences fewer than the test set). Process-wide: it changes batching
   for stock fairseq models in the same process too (``batch_by_size`` does not know the model).
 * ``lean_search``: ``fairseq-generate`` and ``fairseq-interactive`` search our LightConv
-  models with ``LeanSequenceGenerator`` (greedy search without beam bookkeeping; identical
-  hypotheses). Other models keep fairseq's generator.
+  models with ``LeanSequenceGenerator`` (greedy and beam search with less bookkeeping;
+  identical hypotheses). Other models keep fairseq's generator.
 
 Each fix logs one line when it is installed. ``KALEIDOSCOPE_DISABLE_FAIRSEQ_PATCHES`` (a
 comma-separated list of the names above, or ``all``) leaves fixes out.

@@ -17,7 +17,7 @@ through the plain-PyTorch decoding step (``model.use_reference_step()``: the ref
 convolution step and explicit attention products instead of the compiled op and the fused
 attention kernel), to measure what they gain; the table's last column names the earlier
 model whose hypotheses are identical. Our LightConv models are searched as
-``fairseq-generate`` searches them (greedy: ``LeanSequenceGenerator``);
+``fairseq-generate`` searches them (``LeanSequenceGenerator``);
 ``--fairseq-search NAME`` gives model NAME fairseq's ``SequenceGenerator`` instead.
 
 ``--forced-length`` makes every hypothesis exactly as long as its reference (see
@@ -206,7 +206,7 @@ def _generator(bm: BenchModel, setting: Setting, forced: bool, max_len_b: int):
     ensemble.eval()
     if hasattr(bm.model, "set_beam_size"):  # the generator sets it for beams > 1 only: reset it for beam 1
         bm.model.set_beam_size(setting.beam)
-    # the generator class fairseq-generate would use (the lean greedy loop for our LightConv models)
+    # the generator class fairseq-generate would use (the lean search loop for our LightConv models)
     generator = SequenceGenerator if bm.fairseq_search else lean_generator_for([bm.model]) or SequenceGenerator
     gen = generator(ensemble, tgt_dict, beam_size=setting.beam, max_len_a=0, max_len_b=max_len_b)
     return gen, ensemble
@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fairseq-search", action="append", default=[], metavar="NAME",
-        help="search with fairseq's SequenceGenerator for model NAME (instead of the lean greedy loop)",
+        help="search with fairseq's SequenceGenerator for model NAME (instead of the lean search loop)",
     )
     parser.add_argument(
         "--setting",

@@ -23,7 +23,7 @@
 # FIXED_LENGTH (default 25) tokens (CTranslate2 takes one length per call): stock fairseq
 # lightconv and Transformer (fp32), CTranslate2 fp32 and int8 on that Transformer (needs pip
 # install ctranslate2), our dense lightconv (fp32, int8) and K-matrix lightconv (fp32; int8 remainder, also
-# searched by fairseq's SequenceGenerator instead of the lean greedy loop); settings batch 1 greedy, batch 32
+# searched by fairseq's SequenceGenerator instead of the lean search loop); settings batch 1 greedy, batch 32
 # and batch 128 beam 4. TRANSFORMER_OPTIONS: more model options for the Transformer.
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
