@@ -119,7 +119,8 @@ def _dictionaries(state: dict, data_bin: str | None, model_cfg: object) -> tuple
 def _token_mask(name: str, sample: dict, task: object) -> torch.Tensor:
     """Which input rows of layer ``name`` are real tokens, laid out as the layer sees them.
 
-    Layers run time-major ``(T, B)``; the vocabulary projection batch-major ``(B, T)``.
+    Layers run time-major ``(T, B)``; the vocabulary projection batch-major ``(B, T)``. Our
+    encoder's position-wise sub-layers see only the token rows, already in ``(T, B)`` order.
     Encoder layers and the encoder-attention key/value projections see source positions.
     """
     net = sample["net_input"]
@@ -150,9 +151,13 @@ def _record_inputs(dense: nn.Module, names: Sequence[str], task: object, count: 
                 return
             x = args[0].detach()
             mask = _token_mask(name, current["sample"], task)
-            if mask.shape != x.shape[:-1]:
+            if x.dim() == 2 and x.shape[0] == int(mask.sum()):
+                pass  # already the token rows, in (T, B) order (our encoder layers skip pad positions)
+            elif mask.shape == x.shape[:-1]:
+                x = x[mask]
+            else:
                 raise ConversionError(f"{name}: unexpected input layout {tuple(x.shape)} (tokens {tuple(mask.shape)})")
-            x = x[mask][: count - seen[name]]
+            x = x[: count - seen[name]]
             rows[name].append(x.float())
             seen[name] += x.shape[0]
 

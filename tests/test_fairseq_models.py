@@ -138,6 +138,20 @@ def test_dense_model_computes_what_fairseqs_lightconv_computes() -> None:
     src, prev = torch.randint(4, SRC_VOCAB, (2, 9)), torch.randint(4, TGT_VOCAB, (2, 8))
     with torch.no_grad():
         torch.testing.assert_close(ours(src, torch.full((2,), 9), prev)[0], theirs(src, torch.full((2,), 9), prev)[0])
+    # Left-padded sources of different lengths, as fairseq batches them: our encoder layers skip pad positions
+    # (zeros there in its output), fairseq's compute them; the token positions and the decoder agree.
+    src = torch.randint(4, SRC_VOCAB, (4, 11))
+    lengths = torch.tensor([11, 8, 3, 6])
+    for row, n in enumerate(lengths.tolist()):
+        src[row, : 11 - n] = 1
+    prev = torch.randint(4, TGT_VOCAB, (4, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(src, lengths, prev)[0], theirs(src, lengths, prev)[0])
+        enc_ours, enc_theirs = ours.encoder(src, lengths), theirs.encoder(src, lengths)
+    tokens = src.ne(1).t()  # (T, B)
+    out_ours, out_theirs = enc_ours["encoder_out"][0], enc_theirs["encoder_out"][0]
+    torch.testing.assert_close(out_ours[tokens], out_theirs[tokens])
+    assert bool(out_ours[~tokens].eq(0).all()) and not bool(out_theirs[~tokens].eq(0).all())
 
 
 @pytest.mark.parametrize(

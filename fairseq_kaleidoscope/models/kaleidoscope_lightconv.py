@@ -36,6 +36,7 @@ from ..modules.lightconv_layers import (
     ENCODER_SUBLAYERS,
     LightConvDecoderLayer,
     LightConvEncoderLayer,
+    Positions,
 )
 from .int8_inference import Int8DenseInference
 from .kmatrix_config import EncoderDecoderConfig, set_architecture_defaults
@@ -189,12 +190,14 @@ class KaleidoscopeLightConvEncoder(FairseqEncoder):
         x = self.dropout_module(x).transpose(0, 1)  # T x B x C
         padding_mask = src_tokens.eq(self.padding_idx)
         mask = padding_mask if padding_mask.any() else None
+        positions = Positions(mask, *x.shape[:2])
+        x = positions.pack(x)  # the layers skip pad positions
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, positions)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return {
-            "encoder_out": [x],  # (S, N, C)
+            "encoder_out": [positions.unpack(x)],  # (S, N, C), zeros at pad positions
             "encoder_padding_mask": [] if mask is None else [mask],  # (N, S)
             "src_lengths": [] if src_lengths is None else [src_lengths],  # (N,)
             "encoder_rows": [],

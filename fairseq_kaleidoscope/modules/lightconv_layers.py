@@ -33,6 +33,31 @@ ENCODER_SUBLAYERS = ("conv_in", "conv_weight", "conv_out", "fc1", "fc2")
 DECODER_SUBLAYERS = ("conv_in", "conv_weight", "conv_out", "attn_q", "attn_k", "attn_v", "attn_out", "fc1", "fc2")
 
 
+class Positions:
+    """The non-pad positions of a (T, B) batch, in (T, B) order.
+
+    Encoder layers run their position-wise sub-layers (linears, layer norms, residuals) on
+    these rows only: in a batch padded to its longest sentence, pad positions cost as much as
+    tokens, and fairseq discards them anyway (the convolution reads zeros there, attention
+    masks them). Only the convolution sees the padded (T, B) layout.
+    """
+
+    def __init__(self, padding_mask: Tensor | None, time: int, batch: int) -> None:
+        self.shape = (time, batch)
+        self.index = None if padding_mask is None else (~padding_mask).t().reshape(-1).nonzero().squeeze(1)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(T, B, C) -> (N, C): the rows of the non-pad positions."""
+        x = x.reshape(-1, x.size(-1))
+        return x if self.index is None else x.index_select(0, self.index)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """(N, C) -> (T, B, C), zeros at pad positions."""
+        if self.index is not None:
+            x = x.new_zeros(self.shape[0] * self.shape[1], x.size(-1)).index_copy(0, self.index, x)
+        return x.view(*self.shape, -1)
+
+
 class _ConvBlock(nn.Module):
     """Shared parts: linear1 -> (GLU) -> DynamicConv -> linear2, and the FFN."""
 
@@ -74,14 +99,13 @@ class _ConvBlock(nn.Module):
         self.relu_dropout_module = FairseqDropout(cfg.relu_dropout, module_name=name)
         self.input_dropout_module = FairseqDropout(cfg.input_dropout, module_name=name)
 
-    def _conv(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+    def _conv(self, x: Tensor, positions: Positions | None = None) -> Tensor:
+        """(T, B, C), or with ``positions`` the (N, C) rows of its non-pad positions."""
         x = self.input_dropout_module(x)
         x = self.linear1(x)
         if self.act is not None:
             x = self.act(x)
-        if pad_mask is not None:
-            x = x.masked_fill(pad_mask.transpose(0, 1).unsqueeze(2), 0)
-        x = self.conv(x)
+        x = self.conv(x) if positions is None else positions.pack(self.conv(positions.unpack(x)))
         return self.dropout_module(self.linear2(x))
 
     def _ffn(self, x: Tensor) -> Tensor:
@@ -99,7 +123,8 @@ class _ConvBlock(nn.Module):
 
 
 class LightConvEncoderLayer(_ConvBlock):
-    """Encoder layer: centred dynamic convolution block, then FFN; (T, B, C) in and out."""
+    """Encoder layer: centred dynamic convolution block, then FFN; the (N, C) rows of a batch's
+    non-pad positions in and out (see :class:`Positions`)."""
 
     def __init__(self, cfg: object, kernel_size: int, kmatrix: frozenset[str], kopts: KMatrixOptions) -> None:
         # fairseq centres odd kernels; even kernels are not supported by a single left padding.
@@ -113,8 +138,8 @@ class LightConvEncoderLayer(_ConvBlock):
         self.layer_norm1 = LayerNorm(self.embed_dim)
         self.layer_norm2 = LayerNorm(self.embed_dim)
 
-    def forward(self, x: Tensor, encoder_padding_mask: Tensor | None = None) -> Tensor:
-        x, _ = self._residual(self._conv, x, self.layer_norm1, self.normalize_before, pad_mask=encoder_padding_mask)
+    def forward(self, x: Tensor, positions: Positions) -> Tensor:
+        x, _ = self._residual(self._conv, x, self.layer_norm1, self.normalize_before, positions=positions)
         x, _ = self._residual(self._ffn, x, self.layer_norm2, self.normalize_before)
         return x
 
