@@ -162,6 +162,24 @@ def test_forced_length_same_steps_for_dense_and_kmatrix(synthetic_bin: Path) -> 
             assert runs[0].decoder_rows == setting.beam * (sum(want) + len(want))
 
 
+def test_benchmark_batches_are_fairseqs() -> None:
+    """decode_bench batches sentences as fairseq-generate does: in ``ordered_indices`` order (source length first)."""
+    from fairseq.data import LanguagePairDataset
+
+    from fairseq_kaleidoscope.models.builder import dummy_dictionary
+
+    g = torch.Generator().manual_seed(0)
+    src_sizes, tgt_sizes = torch.randint(2, 30, (24,), generator=g), torch.randint(2, 30, (24,), generator=g)
+    src = [torch.full((int(n),), 5) for n in src_sizes]
+    tgt = [torch.full((int(n),), 6) for n in tgt_sizes]
+    d = dummy_dictionary(10)
+    ds = LanguagePairDataset(src, src_sizes.numpy(), d, tgt, tgt_sizes.numpy(), d, shuffle=False)
+    indices = decode_bench.evenly_spaced(len(ds), 24)
+    fairseq_order = ds.ordered_indices().tolist()
+    batches = decode_bench.make_batches(ds, indices, 5)
+    assert [sorted(b["id"].tolist()) for b in batches] == [sorted(fairseq_order[k : k + 5]) for k in range(0, 24, 5)]
+
+
 def test_ctranslate2_rows_decode_what_fairseq_decodes(synthetic_bin: Path, tmp_path: Path) -> None:
     """A random Transformer converted to CTranslate2: float32 gives fairseq's hypotheses, every row the fixed length."""
     pytest.importorskip("ctranslate2")

@@ -178,8 +178,9 @@ def evenly_spaced(total: int, n: int | None) -> list[int]:
 
 
 def make_batches(dataset, indices: list[int], batch_size: int) -> list[dict]:
-    """Collated batches of ``indices`` sorted by (target, source) length, as fairseq orders them."""
-    order = sorted(indices, key=lambda i: (int(dataset.tgt_sizes[i]), int(dataset.src_sizes[i]), i))
+    """Collated batches of ``indices`` sorted as ``LanguagePairDataset.ordered_indices`` sorts them:
+    by source length, then target length (so a batch's sources have similar lengths)."""
+    order = sorted(indices, key=lambda i: (int(dataset.src_sizes[i]), int(dataset.tgt_sizes[i]), i))
     return [dataset.collater([dataset[i] for i in order[k : k + batch_size]]) for k in range(0, len(order), batch_size)]
 
 
