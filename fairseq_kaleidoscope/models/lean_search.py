@@ -107,18 +107,9 @@ class LeanSequenceGenerator(SequenceGenerator):
             if keep is not None:  # finished sentences leave the batch, at the step fairseq removes them
                 self.model.reorder_incremental_state(incremental_states, keep)
                 encoder_outs = self.model.reorder_encoder_out(encoder_outs, keep)
-            lprobs, step_attn = self.model.forward_decoder(
-                tokens[:, : step + 1], encoder_outs, incremental_states, self.temperature
+            lprobs, tokens, scores, attn = self._next_lprobs(
+                step, max_len, tokens, scores, attn, prefix_tokens, 1, encoder_outs, incremental_states
             )
-            lprobs = self._mask(lprobs, step, max_len)
-            if prefix_tokens is not None and step < prefix_tokens.size(1) and step < max_len:
-                lprobs, tokens, scores = self._prefix_tokens(step, lprobs, scores, tokens, prefix_tokens, 1)
-            else:  # as fairseq: the minimum length and suppressed tokens do not apply while a prefix is forced
-                lprobs = self._unprefixed(lprobs, step)
-            if step_attn is not None:
-                if attn is None:
-                    attn = torch.empty(bsz, step_attn.size(1), max_len + 2).to(scores)
-                attn[:, :, step + 1].copy_(step_attn)
             if step > 0:
                 lprobs = lprobs + scores[:, step - 1].unsqueeze(-1)
             best, chosen = torch.topk(lprobs, k)
@@ -167,18 +158,9 @@ class LeanSequenceGenerator(SequenceGenerator):
                     reorder.view(-1, beam).add_(shift.unsqueeze(-1) * beam)
                 self.model.reorder_incremental_state(incremental_states, reorder)
                 encoder_outs = self.model.reorder_encoder_out(encoder_outs, reorder)
-            lprobs, step_attn = self.model.forward_decoder(
-                tokens[:, : step + 1], encoder_outs, incremental_states, self.temperature
+            lprobs, tokens, scores, attn = self._next_lprobs(
+                step, max_len, tokens, scores, attn, prefix_tokens, beam, encoder_outs, incremental_states
             )
-            lprobs = self._mask(lprobs, step, max_len)
-            if prefix_tokens is not None and step < prefix_tokens.size(1) and step < max_len:
-                lprobs, tokens, scores = self._prefix_tokens(step, lprobs, scores, tokens, prefix_tokens, beam)
-            else:
-                lprobs = self._unprefixed(lprobs, step)
-            if step_attn is not None:
-                if attn is None:
-                    attn = torch.empty(bsz * beam, step_attn.size(1), max_len + 2).to(scores)
-                attn[:, :, step + 1].copy_(step_attn)
             scores = scores.type_as(lprobs)
             # BeamSearch.step: the top 2 * beam continuations of each sentence (first beam only at step 0)
             cand = lprobs.view(bsz, beam, self.vocab_size)
@@ -239,6 +221,34 @@ class LeanSequenceGenerator(SequenceGenerator):
             order = torch.sort(torch.tensor([float(h["score"].item()) for h in hyps]), descending=True)[1]
             finalized[sentence] = [hyps[i] for i in order]
         return finalized
+
+    def _next_lprobs(
+        self,
+        step: int,
+        max_len: int,
+        tokens: Tensor,
+        scores: Tensor,
+        attn: Tensor | None,
+        prefix_tokens: Tensor | None,
+        beam: int,
+        encoder_outs: list,
+        incremental_states: list[dict],
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """One decoder step's next-token log-probabilities, edited as SequenceGenerator edits them, and the
+        tokens, scores and attention buffer (allocated at the first step that returns attention) after it."""
+        lprobs, step_attn = self.model.forward_decoder(
+            tokens[:, : step + 1], encoder_outs, incremental_states, self.temperature
+        )
+        lprobs = self._mask(lprobs, step, max_len)
+        if prefix_tokens is not None and step < prefix_tokens.size(1) and step < max_len:
+            lprobs, tokens, scores = self._prefix_tokens(step, lprobs, scores, tokens, prefix_tokens, beam)
+        else:  # as fairseq: the minimum length and suppressed tokens do not apply while a prefix is forced
+            lprobs = self._unprefixed(lprobs, step)
+        if step_attn is not None:
+            if attn is None:
+                attn = torch.empty(tokens.size(0), step_attn.size(1), max_len + 2).to(scores)
+            attn[:, :, step + 1].copy_(step_attn)
+        return lprobs, tokens, scores, attn
 
     def _mask(self, lprobs: Tensor, step: int, max_len: int) -> Tensor:
         """SequenceGenerator's edits of the next-token log-probabilities before prefix tokens, in its order."""
