@@ -47,6 +47,34 @@ inline void check_butterfly_args(const at::Tensor& twiddle, const at::Tensor& in
   }
 }
 
+// kmatrix_linear(x, twiddle, bias, out_features): x (..., in_features <= n) -> (..., out_features).
+inline void check_kmatrix_linear_args(const at::Tensor& x, const at::Tensor& twiddle,
+                                      const std::optional<at::Tensor>& bias, int64_t out_features) {
+  TORCH_CHECK_VALUE(twiddle.dim() == 6,
+                    "kmatrix_linear: twiddle must have shape (nstacks, nbutterflies, log2 n, n/2, 2, 2), got ",
+                    twiddle.sizes());
+  const int64_t nstacks = twiddle.size(0), n = 2 * twiddle.size(3);
+  TORCH_CHECK_VALUE(x.dim() >= 1, "kmatrix_linear: input must have at least one dimension");
+  const int64_t in_features = x.size(-1);
+  TORCH_CHECK_VALUE(in_features >= 1 && in_features <= n, "kmatrix_linear: input has ", in_features,
+                    " features, the K-matrix size is n = ", n);
+  TORCH_CHECK_VALUE(out_features >= 1 && out_features <= nstacks * n, "kmatrix_linear: out_features = ",
+                    out_features, " is not in [1, nstacks * n = ", nstacks * n, "]");
+  TORCH_CHECK_TYPE(x.scalar_type() == twiddle.scalar_type(), "kmatrix_linear: input dtype ", x.scalar_type(),
+                   " differs from the twiddle's (the layer's) ", twiddle.scalar_type(),
+                   " (convert one with .to(dtype))");
+  TORCH_CHECK_VALUE(x.device() == twiddle.device(), "kmatrix_linear: input is on ", x.device(),
+                    " but the twiddle (the layer) is on ", twiddle.device());
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out_features, "kmatrix_linear: bias must have shape (",
+                      out_features, "), got ", bias->sizes());
+    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), "kmatrix_linear: bias dtype ", bias->scalar_type(),
+                     " differs from the input's ", x.scalar_type());
+    TORCH_CHECK_VALUE(bias->device() == x.device(), "kmatrix_linear: bias is on ", bias->device(),
+                      " but the input is on ", x.device());
+  }
+}
+
 inline void check_butterfly_backward_args(const at::Tensor& grad, const at::Tensor& twiddle,
                                           const at::Tensor& input) {
   check_butterfly_args(twiddle, input, std::nullopt);

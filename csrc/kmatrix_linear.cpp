@@ -6,7 +6,9 @@
 // the butterflies (bias fused when no output row is dropped), keep the first out_features rows.
 // Device-agnostic (CompositeExplicitAutograd): it runs wherever butterfly_multiply has a kernel.
 // With a gradient wanted, the same code runs above autograd, so the gradient flows through
-// butterfly_multiply's formula and ATen's; without, it runs below autograd (no graph, no Python).
+// butterfly_multiply's formula and ATen's; without, the op runs below autograd (no graph, no
+// Python), where CPU has a kernel of its own (kmatrix_linear_cpu, cpu/butterfly_cpu.cpp) that
+// folds this plumbing into the butterfly kernel's arguments.
 // Plain-PyTorch meaning: kmatrix_linear_ref (fairseq_kaleidoscope/kmatrix/reference.py).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -15,32 +17,18 @@
 #include <optional>
 #include <vector>
 
+#include "butterfly_checks.h"
+
 namespace kaleidoscope {
 namespace {
 
+using KmatrixFn = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t);
 using ButterflyFn = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, bool);
 
 at::Tensor kmatrix_linear_impl(const at::Tensor& x, const at::Tensor& twiddle, const std::optional<at::Tensor>& bias,
                                int64_t out_features) {
-  TORCH_CHECK_VALUE(twiddle.dim() == 6,
-                    "kmatrix_linear: twiddle must have shape (nstacks, nbutterflies, log2 n, n/2, 2, 2), got ",
-                    twiddle.sizes());
-  const int64_t nstacks = twiddle.size(0), n = 2 * twiddle.size(3);
-  TORCH_CHECK_VALUE(x.dim() >= 1, "kmatrix_linear: input must have at least one dimension");
-  const int64_t in_features = x.size(-1);
-  TORCH_CHECK_VALUE(in_features >= 1 && in_features <= n, "kmatrix_linear: input has ", in_features,
-                    " features, the K-matrix size is n = ", n);
-  TORCH_CHECK_VALUE(out_features >= 1 && out_features <= nstacks * n, "kmatrix_linear: out_features = ",
-                    out_features, " is not in [1, nstacks * n = ", nstacks * n, "]");
-  TORCH_CHECK_TYPE(x.scalar_type() == twiddle.scalar_type(), "kmatrix_linear: input dtype ", x.scalar_type(),
-                   " differs from the twiddle's (the layer's) ", twiddle.scalar_type(),
-                   " (convert one with .to(dtype))");
-  TORCH_CHECK_VALUE(x.device() == twiddle.device(), "kmatrix_linear: input is on ", x.device(),
-                    " but the twiddle (the layer) is on ", twiddle.device());
-  if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out_features, "kmatrix_linear: bias must have shape (",
-                      out_features, "), got ", bias->sizes());
-  }
+  check_kmatrix_linear_args(x, twiddle, bias, out_features);
+  const int64_t nstacks = twiddle.size(0), n = 2 * twiddle.size(3), in_features = x.size(-1);
   at::Tensor rows = x.reshape({-1, in_features});
   if (in_features != n) {
     rows = at::constant_pad_nd(rows, {0, n - in_features}, 0);
@@ -64,17 +52,19 @@ at::Tensor kmatrix_linear_impl(const at::Tensor& x, const at::Tensor& twiddle, c
 }
 
 // Autograd key. With a gradient wanted, the plumbing runs here, above autograd: ATen records
-// pad/expand/narrow/add and butterfly_multiply its own formula. Without, below autograd, where
-// the butterfly op skips its (Python) autograd kernel too: decoding pays for no graph.
+// pad/expand/narrow/add and butterfly_multiply its own formula. Without, the op runs below
+// autograd, where the butterfly op skips its (Python) autograd kernel too: decoding pays for no
+// graph.
 at::Tensor kmatrix_linear_autograd(const at::Tensor& x, const at::Tensor& twiddle, const std::optional<at::Tensor>& bias,
                                    int64_t out_features) {
   if (at::GradMode::is_enabled() &&
       (x.requires_grad() || twiddle.requires_grad() || (bias.has_value() && bias->requires_grad()))) {
     return kmatrix_linear_impl(x, twiddle, bias, out_features);
   }
-  // The composite kernel itself, not a second trip through the dispatcher (~1 µs at batch 1).
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("kaleidoscope::kmatrix_linear", "").typed<KmatrixFn>();
   at::AutoDispatchBelowADInplaceOrView guard;
-  return kmatrix_linear_impl(x, twiddle, bias, out_features);
+  return op.call(x, twiddle, bias, out_features);  // the device's kernel (CPU), else the composite one
 }
 
 }  // namespace

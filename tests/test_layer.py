@@ -12,6 +12,8 @@ from torch import nn
 
 from fairseq_kaleidoscope import KaleidoscopeLinear, param_groups
 from fairseq_kaleidoscope.kmatrix import HAS_EXTENSION, is_kmatrix_parameter, uses_compiled_kernel
+from fairseq_kaleidoscope.kmatrix.cpu_kernel import forced_cpu_kernel
+from fairseq_kaleidoscope.kmatrix.ops import check_kmatrix_linear_args
 from fairseq_kaleidoscope.kmatrix.reference import kmatrix_linear_ref
 
 SHAPES = [(512, 1024), (1024, 512), (300, 700), (1, 5), (64, 64), (7, 3)]
@@ -225,6 +227,30 @@ def test_kmatrix_linear_op_equals_the_reference(in_f: int, out_f: int, bias: boo
 
 
 @needs_extension
+@pytest.mark.parametrize("path", ["auto", "tiles", "small"])
+@pytest.mark.parametrize("in_f,out_f,bias", [(64, 64, True), (64, 128, True), (64, 100, True), (60, 64, False),
+                                             (64, 12, True), (60, 200, True), (32, 32, False)])
+def test_kmatrix_linear_cpu_kernel_equals_the_reference(in_f: int, out_f: int, bias: bool, path: str) -> None:
+    """Below autograd on CPU the op has a kernel of its own (the composite's pad, stack broadcast,
+    bias and narrow folded into the butterfly kernel's arguments): every row count (tiles and the
+    small path), strided rows and leading dimensions, against the reference; bitwise equal to the
+    composite path that training takes."""
+    layer = KaleidoscopeLinear(in_f, out_f, bias=bias, nblocks=2, init="randn")
+    wide = torch.randn(40, 2 * in_f)
+    inputs = [torch.randn(1, in_f), torch.randn(3, in_f), torch.randn(17, in_f), wide[:, ::2], wide[:, :in_f],
+              torch.randn(in_f, 9).t(), torch.randn(2, 7, in_f).transpose(0, 1)]
+    with forced_cpu_kernel(path=path):
+        for x in inputs:
+            want = kmatrix_linear_ref(x, layer.twiddle, layer.bias, out_f).detach()
+            trained = layer(x.requires_grad_(False)).detach()  # grad mode, twiddle requires grad: the composite
+            with torch.inference_mode():
+                got = torch.ops.kaleidoscope.kmatrix_linear(x, layer.twiddle, layer.bias, out_f)
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert torch.equal(got, trained)
+
+
+@needs_extension
 @pytest.mark.parametrize("in_f,out_f", [(8, 8), (6, 20), (8, 3)])
 def test_kmatrix_linear_op_gradients(in_f: int, out_f: int) -> None:
     """Training goes through the same op: gradients flow through butterfly_multiply's formula."""
@@ -251,6 +277,14 @@ def test_kmatrix_linear_op_bad_arguments_raise_typed_errors() -> None:
         layer(x.double())
     with pytest.raises(ValueError, match="is on meta"):
         op(x, layer.twiddle.to("meta"), None, 24)  # dispatched to the fake kernel, which checks too
+    with torch.inference_mode():  # the CPU kernel reads the bias as the input's dtype: it must be
+        for b in (layer.bias.double(), torch.zeros(24, dtype=torch.float64)):
+            with pytest.raises(TypeError, match="kmatrix_linear: bias dtype Double differs from the input's Float"):
+                op(x, layer.twiddle, b, 24)
+        with pytest.raises(ValueError, match="kmatrix_linear: bias is on meta but the input is on cpu"):
+            op(x, layer.twiddle, layer.bias.to("meta"), 24)
+    with pytest.raises(TypeError, match=r"kmatrix_linear: bias dtype torch\.float64 differs"):
+        check_kmatrix_linear_args(x, layer.twiddle, layer.bias.double(), 24)  # the fake kernel's mirror
 
 
 def test_reference_fallback_warns_once_per_device_and_dtype():

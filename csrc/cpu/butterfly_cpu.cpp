@@ -3,6 +3,8 @@
 // (butterfly_simd_impl.h). Conventions: fairseq_kaleidoscope/kmatrix/reference.py.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -94,21 +96,29 @@ int64_t checkpoint_every(const cpu::Problem<T>& P, int64_t width) {
   return kept <= (int64_t{4} << 20) ? 2 : (P.log_n + 1) / 2 * 2;  // even: factors go in pairs
 }
 
+// Rows of input: (batch, nstacks) with the given strides, each n contiguous values.
 template <typename T>
-cpu::Problem<T> make_problem(const at::Tensor& tw, const at::Tensor& input, bool increasing_stride) {
+cpu::Problem<T> make_problem(const at::Tensor& tw, const T* input, int64_t batch, int64_t stride_b, int64_t stride_s,
+                             bool increasing_stride) {
   cpu::Problem<T> P{};
-  P.input = input.const_data_ptr<T>();
-  P.in_stride_b = input.stride(0);
-  P.in_stride_s = input.stride(1);
+  P.input = input;
+  P.in_stride_b = stride_b;
+  P.in_stride_s = stride_s;
   P.twiddle = tw.const_data_ptr<T>();
-  P.batch = input.size(0);
-  P.nstacks = input.size(1);
-  P.n = input.size(2);
+  P.batch = batch;
+  P.nstacks = tw.size(0);
+  P.n = 2 * tw.size(3);
   P.log_n = tw.size(2);
   P.nbutterflies = tw.size(1);
   P.increasing = increasing_stride;
   P.checkpoint_every = 2;
   return P;
+}
+
+template <typename T>
+cpu::Problem<T> make_problem(const at::Tensor& tw, const at::Tensor& input, bool increasing_stride) {
+  return make_problem<T>(tw, input.const_data_ptr<T>(), input.size(0), input.stride(0), input.stride(1),
+                         increasing_stride);
 }
 
 // Tasks of at least ~2^17 multiply-adds, so thread start-up stays negligible.
@@ -191,6 +201,47 @@ at::Tensor butterfly_multiply_cpu(const at::Tensor& twiddle, const at::Tensor& i
   return out;
 }
 
+// kmatrix_linear below autograd (inference): the composite's plumbing (csrc/kmatrix_linear.cpp)
+// folded into the kernel's arguments. Each row is broadcast to the stacks by a zero stride and
+// the bias is fused when every output row is kept; only a short input is padded (copied). At
+// batch 1 the composite's views and second dispatch cost about as much as the arithmetic.
+at::Tensor kmatrix_linear_cpu(const at::Tensor& x, const at::Tensor& twiddle, const std::optional<at::Tensor>& bias,
+                              int64_t out_features) {
+  check_kmatrix_linear_args(x, twiddle, bias, out_features);
+  const int64_t nstacks = twiddle.size(0), n = 2 * twiddle.size(3), in_features = x.size(-1);
+  at::Tensor rows = x.dim() == 2 ? x : x.reshape({-1, in_features});
+  if (in_features != n) {
+    rows = at::constant_pad_nd(rows, {0, n - in_features}, 0);
+  } else if (rows.stride(1) != 1) {
+    rows = rows.contiguous();
+  }
+  const at::Tensor tw = twiddle.contiguous();
+  const bool fused = bias.has_value() && out_features == nstacks * n;
+  const at::Tensor bs = fused ? bias->contiguous() : at::Tensor();  // read as (nstacks, n)
+  at::Tensor y = at::empty({rows.size(0), nstacks * n}, x.options());
+  if (y.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kmatrix_linear_cpu", [&] {
+      cpu::Problem<scalar_t> P =
+          make_problem<scalar_t>(tw, rows.const_data_ptr<scalar_t>(), rows.size(0), rows.stride(0), 0, false);
+      P.bias = fused ? bs.const_data_ptr<scalar_t>() : nullptr;
+      P.output = y.mutable_data_ptr<scalar_t>();
+      forward(P);
+    });
+  }
+  if (out_features != nstacks * n) {
+    y = y.narrow(1, 0, out_features);
+  }
+  if (bias.has_value() && !fused) {
+    y = at::add(y, *bias);
+  }
+  if (x.dim() == 2) {
+    return y;
+  }
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = out_features;
+  return y.reshape(sizes);
+}
+
 std::tuple<at::Tensor, at::Tensor> butterfly_multiply_backward_cpu(const at::Tensor& grad, const at::Tensor& twiddle,
                                                                    const at::Tensor& input, bool increasing_stride) {
   check_butterfly_backward_args(grad, twiddle, input);
@@ -260,6 +311,7 @@ bool cpu::active_isa_uses_avx2() {
 TORCH_LIBRARY_IMPL(kaleidoscope, CPU, m) {
   m.impl("butterfly_multiply", &butterfly_multiply_cpu);
   m.impl("butterfly_multiply_backward", &butterfly_multiply_backward_cpu);
+  m.impl("kmatrix_linear", &kmatrix_linear_cpu);
 }
 
 TORCH_LIBRARY_IMPL(kaleidoscope, CompositeExplicitAutograd, m) {

@@ -83,6 +83,10 @@ def check_kmatrix_linear_args(
         raise ValueError(f"kmatrix_linear: input is on {x.device} but the twiddle (the layer) is on {twiddle.device}")
     if bias is not None and tuple(bias.shape) != (out_features,):
         raise ValueError(f"kmatrix_linear: bias must have shape ({out_features}), got {tuple(bias.shape)}")
+    if bias is not None and bias.dtype != x.dtype:
+        raise TypeError(f"kmatrix_linear: bias dtype {bias.dtype} differs from the input's {x.dtype}")
+    if bias is not None and bias.device != x.device:
+        raise ValueError(f"kmatrix_linear: bias is on {bias.device} but the input is on {x.device}")
 
 
 def uses_compiled_kernel(x: torch.Tensor) -> bool:
