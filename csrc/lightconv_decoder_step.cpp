@@ -9,9 +9,12 @@
 // kmatrix_linear). Inference only. Plain-PyTorch meaning: LightConvDecoderLayer.step_reference
 // (fairseq_kaleidoscope/modules/lightconv_layers.py); the same products in the same order.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 #include <optional>
 
@@ -43,6 +46,46 @@ struct Linears {
   }
 };
 
+// LayerNorm(x + h) over the channels of float32 (B, C) rows: two passes and one allocation. At
+// batch 1 ATen's add and layer_norm (which also returns its mean and rstd) cost several times
+// this arithmetic. Statistics in double, two-pass (mean, then the centred sum of squares); they
+// differ from ATen's in the last bits.
+at::Tensor add_layer_norm(const at::Tensor& x, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+                          double eps) {
+  const int64_t B = x.size(0), C = x.size(1);
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat && h.scalar_type() == at::kFloat &&
+                       weight.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat,
+                   "lightconv_decoder_step: a post-norm layer (normalize_before=False) runs in float32; got x ",
+                   x.scalar_type(), ", layer-norm weight ", weight.scalar_type());
+  TORCH_CHECK_VALUE(h.sizes() == x.sizes() && weight.numel() == C && bias.numel() == C,
+                    "lightconv_decoder_step: layer-norm weight and bias must have ", C, " elements, got ",
+                    weight.numel(), " and ", bias.numel());
+  const at::Tensor xc = x.contiguous(), hc = h.contiguous(), wc = weight.contiguous(), bc = bias.contiguous();
+  at::Tensor out = at::empty({B, C}, x.options());
+  const float *px = xc.const_data_ptr<float>(), *ph = hc.const_data_ptr<float>();
+  const float *pw = wc.const_data_ptr<float>(), *pb = bc.const_data_ptr<float>();
+  float* po = out.mutable_data_ptr<float>();
+  at::parallel_for(0, B, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* o = po + r * C;
+      double sum = 0;
+      for (int64_t i = 0; i < C; ++i) {
+        o[i] = px[r * C + i] + ph[r * C + i];
+        sum += o[i];
+      }
+      const double mean = sum / C;
+      double squares = 0;
+      for (int64_t i = 0; i < C; ++i) {
+        const double d = o[i] - mean;
+        squares += d * d;
+      }
+      const float m = static_cast<float>(mean), rstd = static_cast<float>(1.0 / std::sqrt(squares / C + eps));
+      for (int64_t i = 0; i < C; ++i) o[i] = (o[i] - m) * rstd * pw[i] + pb[i];
+    }
+  });
+  return out;
+}
+
 at::Tensor lightconv_decoder_step_impl(const at::Tensor& x_in, const c10::List<OptTensor>& linears,
                                        at::IntArrayRef out_features, at::TensorList norms, double eps,
                                        const at::Tensor& cache, int64_t step, bool conv_softmax, bool glu,
@@ -56,6 +99,10 @@ at::Tensor lightconv_decoder_step_impl(const at::Tensor& x_in, const c10::List<O
   const Linears linear{linears, out_features};
   const int64_t C = x_in.size(1);
   const auto norm = [&](int i, const at::Tensor& t) { return at::layer_norm(t, {C}, norms[2 * i], norms[2 * i + 1], eps); };
+  // Residual: x + h, then (post-norm) the sub-layer's norm, fused.
+  const auto residual = [&](int i, const at::Tensor& x, const at::Tensor& h) {
+    return normalize_before ? x + h : add_layer_norm(x, h, norms[2 * i], norms[2 * i + 1], eps);
+  };
   static const auto dynconv =
       c10::Dispatcher::singleton().findSchemaOrThrow("kaleidoscope::dynconv_step", "").typed<DynconvFn>();
 
@@ -66,33 +113,32 @@ at::Tensor lightconv_decoder_step_impl(const at::Tensor& x_in, const c10::List<O
     h = at::glu(h, -1);
   }
   h = dynconv.call(h, linear(kConvWeight, h), cache, step, conv_softmax);
-  x = x + linear(kConvOut, h);
-  if (!normalize_before) {
-    x = norm(0, x);
-  }
+  x = residual(0, x, linear(kConvOut, h));
   // Encoder attention: key, value (R, H, S, D); hypothesis b reads row b / (B / R).
   if (key.has_value()) {
-    TORCH_CHECK_VALUE(value.has_value() && key->dim() == 4, "lightconv_decoder_step: key and value must be (rows, heads, "
-                      "source length, head dim)");
+    TORCH_CHECK_VALUE(value.has_value() && key->dim() == 4 && key->is_contiguous() && value->sizes() == key->sizes() &&
+                          value->is_contiguous(),
+                      "lightconv_decoder_step: key and value must be contiguous (rows, heads, source length, head dim)");
     const int64_t B = x.size(0), R = key->size(0), H = key->size(1), D = key->size(3);
     TORCH_CHECK_VALUE(R >= 1 && B % R == 0 && H * D == C, "lightconv_decoder_step: ", B, " hypotheses cannot read ",
                       R, " rows of keys with ", H, " heads of ", D, " (channels ", C, ")");
+    const int64_t G = B / R, S = key->size(2);
     h = linear(kAttnQ, normalize_before ? norm(1, x) : x);
-    const at::Tensor q = h.view({R, B / R, H, D}).transpose(1, 2);  // (R, H, group, D)
-    at::Tensor scores = at::matmul(q, key->transpose(2, 3)).mul_(scaling);
+    // bmm on (R * H, ...) views: at::matmul's broadcasting plumbing costs more than the product at batch 1.
+    const at::Tensor q = h.view({R, G, H, D}).transpose(1, 2).reshape({R * H, G, D});  // a view when G == 1
+    at::Tensor scores = at::bmm(q, key->view({R * H, S, D}).transpose(1, 2));
+    // Scaled by a float tensor: a double Scalar costs a conversion and a copy per call; same product.
+    scores.mul_(at::scalar_tensor(scaling, scores.options()));
     if (key_padding_mask.has_value()) {
-      scores.masked_fill_(key_padding_mask->view({R, 1, 1, -1}), -std::numeric_limits<double>::infinity());
+      scores.view({R, H, G, S})
+          .masked_fill_(key_padding_mask->view({R, 1, 1, S}), -std::numeric_limits<double>::infinity());
     }
-    const at::Tensor out = at::matmul(at::softmax(scores, -1), *value);  // (R, H, group, D)
-    x = x + linear(kAttnOut, out.transpose(1, 2).reshape({B, C}));
-    if (!normalize_before) {
-      x = norm(1, x);
-    }
+    const at::Tensor out = at::bmm(at::softmax(scores, -1), value->view({R * H, S, D}));  // (R * H, G, D)
+    x = residual(1, x, linear(kAttnOut, out.view({R, H, G, D}).transpose(1, 2).reshape({B, C})));
   }
   // Feed-forward.
   h = at::relu(linear(kFc1, normalize_before ? norm(2, x) : x));
-  x = x + linear(kFc2, h);
-  return normalize_before ? x : norm(2, x);
+  return residual(2, x, linear(kFc2, h));
 }
 
 // Autograd key: refuse inputs that want a gradient (there is none), redispatch below autograd (so

@@ -124,3 +124,26 @@ def test_int8_sublayers_decode_with_the_reference_step(caplog: pytest.LogCapture
         state = layer.allocate_state(torch.zeros(1, DIM), None, None, None, {})
     assert state.fused is None
     assert "decoder layers decode with the plain-PyTorch step (sub-layer conv_in is a" in caplog.text
+
+
+def test_direct_op_calls_with_bad_arguments_raise_typed_errors() -> None:
+    """The op reads float32 rows through raw pointers in places: anything else is an error, not a crash."""
+    layer = _layers("decoder.all")[0]
+    enc, pad, rows = _encoder(1, 1, False)
+    with torch.no_grad():
+        state = layer.allocate_state(torch.zeros(1, DIM), enc, pad, rows, {})
+        f, conv, attn = state.fused, state.conv, state.attn
+
+        def call(x=None, norms=None, key=None):
+            return torch.ops.kaleidoscope.lightconv_decoder_step(
+                torch.zeros(1, DIM) if x is None else x, f.linears, f.out_features,
+                f.norms if norms is None else norms, f.eps, conv.ring, conv.steps, f.softmax, f.glu,
+                attn.key if key is None else key, attn.value, attn.padding_mask, f.scaling, f.pre)
+
+        call()  # the arguments as the layer passes them
+        with pytest.raises(TypeError, match="runs in float32"):
+            call(norms=[n.double() for n in f.norms])
+        with pytest.raises(ValueError, match=f"layer-norm weight and bias must have {DIM} elements, got {DIM - 1}"):
+            call(norms=[n[:-1] for n in f.norms])
+        with pytest.raises(ValueError, match="key and value must be contiguous"):
+            call(key=attn.key.transpose(2, 3).contiguous().transpose(2, 3))
