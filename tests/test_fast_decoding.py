@@ -191,3 +191,30 @@ def test_incremental_decoding_in_training_mode_is_refused() -> None:
         enc = model.encoder(**_sample(2)["net_input"])
         with pytest.raises(RuntimeError, match=r"call \.eval\(\) first"):
             model.decoder(torch.full((2, 1), 2), enc, incremental_state={})
+
+
+def test_decoding_positions_are_fairseqs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step reads fairseq's sinusoidal table by a Python int; past the table, and for learned
+    positions, the module answers (and the sinusoidal one extends its table)."""
+    from fairseq.modules import PositionalEmbedding, SinusoidalPositionalEmbedding
+
+    from fairseq_kaleidoscope.models.kaleidoscope_lightconv import _last_position
+
+    pad, dim = 1, 8
+    for learned in (False, True):
+        torch.manual_seed(0)
+        emb, twin = (PositionalEmbedding(40, dim, pad, learned=learned) for _ in range(2))
+        twin.load_state_dict(emb.state_dict())
+        # The table holds 40 positions (plus the pad's and one spare); a learned one has no more.
+        for T in (1, 2, 17, 40, 3) if learned else (1, 2, 17, 40, 41, 45, 3):
+            tokens = torch.full((3, T), 7)
+            want = twin(tokens, incremental_state={})[:, -1:]
+            got = _last_position(emb, tokens, {})
+            assert got.shape == want.shape and got.shape[1:] == (1, dim)  # learned: (1, 1, C), broadcast
+            assert torch.equal(got, want), (learned, T)
+    table = SinusoidalPositionalEmbedding.get_embedding(60, dim, pad)
+    assert torch.equal(_last_position(PositionalEmbedding(40, dim, pad), torch.full((2, 45), 7), {})[0, 0],
+                       table[pad + 45])  # past the table: the module's own extension
+    fast = PositionalEmbedding(40, dim, pad)
+    monkeypatch.setattr(fast, "forward", lambda *a, **k: pytest.fail("the module ran for a position in its table"))
+    assert torch.equal(_last_position(fast, torch.full((1, 9), 7), {})[0, 0], table[pad + 9])

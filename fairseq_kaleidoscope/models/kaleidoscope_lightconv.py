@@ -25,7 +25,7 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
-from fairseq.modules import FairseqDropout, LayerNorm, PositionalEmbedding
+from fairseq.modules import FairseqDropout, LayerNorm, PositionalEmbedding, SinusoidalPositionalEmbedding
 from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
@@ -107,6 +107,23 @@ def _positions(cfg: object, limit: int, embed_tokens: nn.Embedding, learned: boo
     if cfg.no_token_positional_embeddings:
         return None
     return PositionalEmbedding(limit, embed_tokens.embedding_dim, embed_tokens.padding_idx, learned=learned)
+
+
+def _last_position(
+    embed_positions: nn.Module, prev_output_tokens: Tensor, incremental_state: IncrementalState
+) -> Tensor:
+    """The position embedding of the last of ``prev_output_tokens`` (B, T), decoding: (B, 1, C).
+
+    fairseq's sinusoidal table: a row picked by a Python int. Its forward derives the position
+    from ONNX shape tensors, with tensor arithmetic and a device sync, on every decoding step.
+    Anything else (learned positions, a position past the table, ONNX export) asks the module.
+    """
+    B, T = prev_output_tokens.shape
+    table = getattr(embed_positions, "weights", None)
+    if (type(embed_positions) is SinusoidalPositionalEmbedding and not embed_positions.onnx_trace
+            and embed_positions.padding_idx + T < table.size(0)):
+        return table[embed_positions.padding_idx + T].expand(B, 1, -1)
+    return embed_positions(prev_output_tokens, incremental_state=incremental_state)[:, -1:]
 
 
 def _max_positions(limit: int, embed_positions: nn.Module | None) -> int:
@@ -272,14 +289,13 @@ class KaleidoscopeLightConvDecoder(FairseqIncrementalDecoder):
         **unused: object,
     ):
         """The whole sequence, or with ``incremental_state`` (decoding, eval mode) the last position."""
-        positions = (
-            self.embed_positions(prev_output_tokens, incremental_state=incremental_state)
-            if self.embed_positions is not None
-            else None
-        )
+        positions = None
         if incremental_state is not None:
+            if self.embed_positions is not None:
+                positions = _last_position(self.embed_positions, prev_output_tokens, incremental_state)
             prev_output_tokens = prev_output_tokens[:, -1:]
-            positions = positions[:, -1:] if positions is not None else None
+        elif self.embed_positions is not None:
+            positions = self.embed_positions(prev_output_tokens)
         x = self.embed_scale * self.embed_tokens(prev_output_tokens)
         if positions is not None:
             x = x + positions
