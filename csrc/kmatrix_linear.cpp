@@ -15,9 +15,9 @@
 #include <torch/library.h>
 
 #include <optional>
-#include <vector>
 
 #include "butterfly_checks.h"
+#include "kmatrix_plumbing.h"
 
 namespace kaleidoscope {
 namespace {
@@ -28,27 +28,16 @@ using ButterflyFn = at::Tensor(const at::Tensor&, const at::Tensor&, const std::
 at::Tensor kmatrix_linear_impl(const at::Tensor& x, const at::Tensor& twiddle, const std::optional<at::Tensor>& bias,
                                int64_t out_features) {
   check_kmatrix_linear_args(x, twiddle, bias, out_features);
-  const int64_t nstacks = twiddle.size(0), n = 2 * twiddle.size(3), in_features = x.size(-1);
-  at::Tensor rows = x.reshape({-1, in_features});
-  if (in_features != n) {
-    rows = at::constant_pad_nd(rows, {0, n - in_features}, 0);
-  }
+  const int64_t nstacks = twiddle.size(0), n = 2 * twiddle.size(3);
+  const at::Tensor rows = kmatrix_input_rows(x, n);
   const at::Tensor input = rows.unsqueeze(1).expand({rows.size(0), nstacks, n});
   const bool fused = bias.has_value() && out_features == nstacks * n;
   const std::optional<at::Tensor> kernel_bias =
       fused ? std::optional<at::Tensor>(bias->view({nstacks, n})) : std::optional<at::Tensor>();
   static const auto op =
       c10::Dispatcher::singleton().findSchemaOrThrow("kaleidoscope::butterfly_multiply", "").typed<ButterflyFn>();
-  at::Tensor y = op.call(twiddle, input, kernel_bias, /*increasing_stride=*/false).view({-1, nstacks * n});
-  if (out_features != nstacks * n) {
-    y = y.narrow(1, 0, out_features);
-  }
-  if (bias.has_value() && !fused) {
-    y = y + *bias;
-  }
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = out_features;
-  return y.reshape(sizes);
+  const at::Tensor y = op.call(twiddle, input, kernel_bias, /*increasing_stride=*/false).view({-1, nstacks * n});
+  return kmatrix_output(y, x, bias, out_features, fused);
 }
 
 // Autograd key. With a gradient wanted, the plumbing runs here, above autograd: ATen records

@@ -3,8 +3,6 @@
 // (butterfly_simd_impl.h). Conventions: fairseq_kaleidoscope/kmatrix/reference.py.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/add.h>
-#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -14,6 +12,7 @@
 #include <vector>
 
 #include "../butterfly_checks.h"
+#include "../kmatrix_plumbing.h"
 #include "butterfly_kernels.h"
 
 namespace kaleidoscope {
@@ -201,18 +200,16 @@ at::Tensor butterfly_multiply_cpu(const at::Tensor& twiddle, const at::Tensor& i
   return out;
 }
 
-// kmatrix_linear below autograd (inference): the composite's plumbing (csrc/kmatrix_linear.cpp)
-// folded into the kernel's arguments. Each row is broadcast to the stacks by a zero stride and
-// the bias is fused when every output row is kept; only a short input is padded (copied). At
-// batch 1 the composite's views and second dispatch cost about as much as the arithmetic.
+// kmatrix_linear below autograd (inference): the composite's plumbing (kmatrix_plumbing.h) around
+// the kernel called directly. Each row is broadcast to the stacks by a zero stride instead of an
+// expanded view, and the bias is fused when every output row is kept. At batch 1 the composite's
+// views and second dispatch cost about as much as the arithmetic.
 at::Tensor kmatrix_linear_cpu(const at::Tensor& x, const at::Tensor& twiddle, const std::optional<at::Tensor>& bias,
                               int64_t out_features) {
   check_kmatrix_linear_args(x, twiddle, bias, out_features);
-  const int64_t nstacks = twiddle.size(0), n = 2 * twiddle.size(3), in_features = x.size(-1);
-  at::Tensor rows = x.dim() == 2 ? x : x.reshape({-1, in_features});
-  if (in_features != n) {
-    rows = at::constant_pad_nd(rows, {0, n - in_features}, 0);
-  } else if (rows.stride(1) != 1) {
+  const int64_t nstacks = twiddle.size(0), n = 2 * twiddle.size(3);
+  at::Tensor rows = kmatrix_input_rows(x, n);
+  if (rows.stride(1) != 1) {
     rows = rows.contiguous();
   }
   const at::Tensor tw = twiddle.contiguous();
@@ -228,18 +225,7 @@ at::Tensor kmatrix_linear_cpu(const at::Tensor& x, const at::Tensor& twiddle, co
       forward(P);
     });
   }
-  if (out_features != nstacks * n) {
-    y = y.narrow(1, 0, out_features);
-  }
-  if (bias.has_value() && !fused) {
-    y = at::add(y, *bias);
-  }
-  if (x.dim() == 2) {
-    return y;
-  }
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = out_features;
-  return y.reshape(sizes);
+  return kmatrix_output(y, x, bias, out_features, fused);
 }
 
 std::tuple<at::Tensor, at::Tensor> butterfly_multiply_backward_cpu(const at::Tensor& grad, const at::Tensor& twiddle,

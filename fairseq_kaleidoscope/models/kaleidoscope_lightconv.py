@@ -119,10 +119,10 @@ def _last_position(
     Anything else (learned positions, a position past the table, ONNX export) asks the module.
     """
     B, T = prev_output_tokens.shape
-    table = getattr(embed_positions, "weights", None)
-    if (type(embed_positions) is SinusoidalPositionalEmbedding and not embed_positions.onnx_trace
-            and embed_positions.padding_idx + T < table.size(0)):
-        return table[embed_positions.padding_idx + T].expand(B, 1, -1)
+    if type(embed_positions) is SinusoidalPositionalEmbedding and not embed_positions.onnx_trace:
+        row = embed_positions.padding_idx + T
+        if row < embed_positions.weights.size(0):
+            return embed_positions.weights[row].expand(B, 1, -1)
     return embed_positions(prev_output_tokens, incremental_state=incremental_state)[:, -1:]
 
 
