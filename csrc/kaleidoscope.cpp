@@ -44,12 +44,15 @@ TORCH_LIBRARY(kaleidoscope, m) {
   // One decoding position through a LightConv decoder layer (inference only): x (B, C) -> (B, C).
   // linears: (weight, bias) of conv_in, conv_weight, conv_out, attn_q, attn_out, fc1, fc2; a weight
   // of rank 2 is dense, of rank 6 a K-matrix twiddle (out_features then says how many rows to
-  // keep). norms: (weight, bias) of the conv, attention and final layer norms. key, value:
-  // (R, H, S, D), shared by the B / R consecutive hypotheses of a row; key_padding_mask (R, S).
+  // keep). int8_linears: none, or per sub-layer the packed int8 parameters (weight and bias) of a
+  // dynamic-quantized linear, which then stand for its (weight, bias) pair in linears. norms:
+  // (weight, bias) of the conv, attention and final layer norms. key, value: (R, H, S, D), shared
+  // by the B / R consecutive hypotheses of a row; key_padding_mask (R, S).
   // Reference: LightConvDecoderLayer.step_reference (fairseq_kaleidoscope/modules/lightconv_layers.py).
   m.set_python_module("fairseq_kaleidoscope.modules.fused_decoder_step");
   m.def(
-      "lightconv_decoder_step(Tensor x, Tensor?[] linears, int[] out_features, Tensor[] norms, float eps, "
-      "Tensor(a!) cache, int step, bool conv_softmax, bool glu, Tensor? key, Tensor? value, "
-      "Tensor? key_padding_mask, float scaling, bool normalize_before) -> Tensor");
+      "lightconv_decoder_step(Tensor x, Tensor?[] linears, "
+      "__torch__.torch.classes.quantized.LinearPackedParamsBase?[] int8_linears, int[] out_features, "
+      "Tensor[] norms, float eps, Tensor(a!) cache, int step, bool conv_softmax, bool glu, Tensor? key, "
+      "Tensor? value, Tensor? key_padding_mask, float scaling, bool normalize_before) -> Tensor");
 }

@@ -5,12 +5,14 @@
 // arithmetic. Here the same ops run from C++: conv block (linear1, optional GLU, dynconv_step on
 // the ring buffer, linear2), encoder attention over keys and values projected once per sentence
 // (a beam's hypotheses share one row), the FFN, layer norms and residuals. Each linear
-// sub-layer is dense (weight of rank 2, (out, in)) or a K-matrix (twiddle of rank 6, run by
-// kmatrix_linear). Inference only. Plain-PyTorch meaning: LightConvDecoderLayer.step_reference
+// sub-layer is dense (weight of rank 2, (out, in)), a K-matrix (twiddle of rank 6, run by
+// kmatrix_linear) or int8 (packed parameters of PyTorch's dynamic quantization, run by
+// quantized::linear_dynamic as torch.ao.nn.quantized.dynamic.Linear runs them). Inference only. Plain-PyTorch meaning: LightConvDecoderLayer.step_reference
 // (fairseq_kaleidoscope/modules/lightconv_layers.py); the same products in the same order.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/native/quantized/PackedParams.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -27,12 +29,24 @@ enum Sublayer { kConvIn, kConvWeight, kConvOut, kAttnQ, kAttnOut, kFc1, kFc2, kS
 using OptTensor = std::optional<at::Tensor>;
 using KmatrixFn = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, int64_t);
 using DynconvFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool);
+using Packed = c10::intrusive_ptr<LinearPackedParamsBase>;
+using Int8Fn = at::Tensor(at::Tensor, const Packed&, bool);  // quantized::linear_dynamic, as registered
 
 struct Linears {
   const c10::List<OptTensor>& list;
+  const c10::List<std::optional<Packed>>& int8;  // empty, or one entry per sub-layer
   at::IntArrayRef out_features;
 
   at::Tensor operator()(Sublayer s, const at::Tensor& x) const {
+    if (!int8.empty()) {
+      if (const std::optional<Packed> packed = int8.get(s); packed.has_value()) {
+        // reduce_range=True: what torch.ao.nn.quantized.dynamic.Linear (version 4) passes for qint8.
+        static const auto op = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow("quantized::linear_dynamic", "")
+                                   .typed<Int8Fn>();
+        return op.call(x, *packed, true);
+      }
+    }
     const OptTensor weight = list.get(2 * s), bias = list.get(2 * s + 1);
     TORCH_CHECK_VALUE(weight.has_value(), "lightconv_decoder_step: sub-layer ", static_cast<int>(s), " has no weight");
     if (weight->dim() == 6) {
@@ -87,6 +101,7 @@ at::Tensor add_layer_norm(const at::Tensor& x, const at::Tensor& h, const at::Te
 }
 
 at::Tensor lightconv_decoder_step_impl(const at::Tensor& x_in, const c10::List<OptTensor>& linears,
+                                       const c10::List<std::optional<Packed>>& int8_linears,
                                        at::IntArrayRef out_features, at::TensorList norms, double eps,
                                        const at::Tensor& cache, int64_t step, bool conv_softmax, bool glu,
                                        const OptTensor& key, const OptTensor& value, const OptTensor& key_padding_mask,
@@ -95,8 +110,10 @@ at::Tensor lightconv_decoder_step_impl(const at::Tensor& x_in, const c10::List<O
   TORCH_CHECK_VALUE(linears.size() == 2 * kSublayers && out_features.size() == kSublayers,
                     "lightconv_decoder_step: expected ", 2 * kSublayers, " linears (weight, bias per sub-layer) and ",
                     static_cast<int>(kSublayers), " out_features, got ", linears.size(), " and ", out_features.size());
+  TORCH_CHECK_VALUE(int8_linears.empty() || int8_linears.size() == kSublayers, "lightconv_decoder_step: expected ",
+                    static_cast<int>(kSublayers), " int8_linears (one per sub-layer) or none, got ", int8_linears.size());
   TORCH_CHECK_VALUE(norms.size() == 6, "lightconv_decoder_step: expected 6 layer-norm tensors, got ", norms.size());
-  const Linears linear{linears, out_features};
+  const Linears linear{linears, int8_linears, out_features};
   const int64_t C = x_in.size(1);
   const auto norm = [&](int i, const at::Tensor& t) { return at::layer_norm(t, {C}, norms[2 * i], norms[2 * i + 1], eps); };
   // Residual: x + h, then (post-norm) the sub-layer's norm, fused.
@@ -145,6 +162,7 @@ at::Tensor lightconv_decoder_step_impl(const at::Tensor& x_in, const c10::List<O
 // the inputs' device picks the kernel, as for dynconv_step), and mark the ring buffer as modified
 // in place.
 at::Tensor lightconv_decoder_step_autograd(const at::Tensor& x, const c10::List<OptTensor>& linears,
+                                           const c10::List<std::optional<Packed>>& int8_linears,
                                            at::IntArrayRef out_features, at::TensorList norms, double eps,
                                            const at::Tensor& cache, int64_t step, bool conv_softmax, bool glu,
                                            const OptTensor& key, const OptTensor& value,
@@ -159,7 +177,7 @@ at::Tensor lightconv_decoder_step_autograd(const at::Tensor& x, const c10::List<
   {
     at::AutoGradMode no_grad(false);  // the parameters require grad; this step records nothing
     at::AutoDispatchBelowADInplaceOrView guard;
-    out = op.call(x, linears, out_features, norms, eps, cache, step, conv_softmax, glu, key, value, key_padding_mask,
+    out = op.call(x, linears, int8_linears, out_features, norms, eps, cache, step, conv_softmax, glu, key, value, key_padding_mask,
                   scaling, normalize_before);
   }
   cache.unsafeGetTensorImpl()->bump_version();

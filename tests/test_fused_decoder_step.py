@@ -116,14 +116,64 @@ def test_the_op_refuses_inputs_that_want_a_gradient() -> None:
         state.fused(torch.zeros(1, DIM, requires_grad=True), state)
 
 
-def test_int8_sublayers_decode_with_the_reference_step(caplog: pytest.LogCaptureFixture) -> None:
+def _quantized(layer: torch.nn.Module, spec: str, encoder: tuple | None, x: torch.Tensor) -> torch.nn.Module:
+    """``layer`` with its dense sub-layers in int8, checked to be planned into the op."""
+    assert quantize_dense_linears(layer, "all")
+    with torch.no_grad():
+        planned = layer.allocate_state(x, *(encoder or (None, None, None)), {}).fused
+    assert planned is not None
+    int8 = (7 if encoder else 5) - (2 if spec == "decoder.ffn" else 0)  # no encoder: no attention sub-layers
+    assert sum(p is not None for p in planned.int8_linears) == int8
+    return layer
+
+
+@pytest.mark.parametrize("spec", ["none", "decoder.ffn"])
+@pytest.mark.parametrize("batch", [BATCHES[0], BATCHES[-1]])
+def test_int8_sublayers_in_the_fused_step_give_the_reference_bits(batch: tuple[int, int, bool], spec: str) -> None:
+    """``--int8-dense`` sub-layers run inside the op through the same quantized::linear_dynamic call
+    as the module's forward. Pre-norm without an encoder, both paths feed every int8 sub-layer
+    the same bits (ATen's layer norm, the same residual adds and conv step), so the outputs must
+    be bitwise equal: a tolerance would let through a quantization difference (reduce_range)."""
+    sentences, beam, _ = batch
+    torch.manual_seed(0)
+    xs = [torch.randn(sentences * beam, DIM) for _ in range(8)]
+    for layer in _layers(spec, "--decoder-normalize-before"):
+        layer = _quantized(layer, spec, None, xs[0])
+        expected = _decode(layer, xs, None, beam, reference=True)
+        for t, (e, g) in enumerate(zip(expected, _decode(layer, xs, None, beam, reference=False), strict=True)):
+            assert torch.equal(g, e), f"position {t}: max difference {(g - e).abs().max():.3g}"
+
+
+@pytest.mark.parametrize("spec", ["none", "decoder.ffn"])
+@pytest.mark.parametrize(("options", "batch"), [(OPTIONS[0], BATCHES[-1]), (OPTIONS[2], BATCHES[1])])
+def test_int8_sublayers_in_the_fused_step_with_attention_and_post_norm(options: tuple[str, ...],
+                                                                        batch: tuple[int, int, bool],
+                                                                        spec: str) -> None:
+    """With encoder attention and post-norm the two paths differ in the last bits before an int8
+    sub-layer (bmm against SDPA attention, the fused add + layer norm), as in fp32."""
+    sentences, beam, padded = batch
+    torch.manual_seed(0)
+    encoder = _encoder(sentences, beam, padded)
+    xs = [torch.randn(sentences * beam, DIM) for _ in range(8)]
+    for layer in _layers(spec, *options):
+        layer = _quantized(layer, spec, encoder, xs[0])
+        expected = _decode(layer, xs, encoder, beam, reference=True)
+        got = _decode(layer, xs, encoder, beam, reference=False)
+        for t, (e, g) in enumerate(zip(expected, got, strict=True)):
+            torch.testing.assert_close(g, e, atol=2e-5, rtol=1e-5, msg=lambda m, t=t: f"position {t}: {m}")
+
+
+def test_float16_int8_sublayers_decode_with_the_reference_step(caplog: pytest.LogCaptureFixture) -> None:
     layer = _layers("none")[0]
-    quantize_dense_linears(layer, "all")
+    for name in ("linear1",):
+        linear = getattr(layer, name)
+        linear.qconfig = torch.ao.quantization.float16_dynamic_qconfig
+        setattr(layer, name, torch.ao.nn.quantized.dynamic.Linear.from_float(linear))
     fused_decoder_step._log_fallback.cache_clear()  # the reason is logged once per process
     with caplog.at_level(logging.INFO), torch.no_grad():
         state = layer.allocate_state(torch.zeros(1, DIM), None, None, None, {})
     assert state.fused is None
-    assert "decoder layers decode with the plain-PyTorch step (sub-layer conv_in is a" in caplog.text
+    assert "plain-PyTorch step (sub-layer conv_in is a torch.float16 dynamic-quantized linear" in caplog.text
 
 
 def test_direct_op_calls_with_bad_arguments_raise_typed_errors() -> None:
@@ -136,7 +186,7 @@ def test_direct_op_calls_with_bad_arguments_raise_typed_errors() -> None:
 
         def call(x=None, norms=None, key=None):
             return torch.ops.kaleidoscope.lightconv_decoder_step(
-                torch.zeros(1, DIM) if x is None else x, f.linears, f.out_features,
+                torch.zeros(1, DIM) if x is None else x, f.linears, f.int8_linears, f.out_features,
                 f.norms if norms is None else norms, f.eps, conv.ring, conv.steps, f.softmax, f.glu,
                 attn.key if key is None else key, attn.value, attn.padding_mask, f.scaling, f.pre)
 

@@ -7,9 +7,10 @@ costs more than its arithmetic. ``torch.ops.kaleidoscope.lightconv_decoder_step`
 ``LightConvDecoderLayer.step_reference`` is its plain-PyTorch definition.
 
 :func:`plan_fused_step` decides once per decoding (when the layer's state is allocated)
-whether the op covers the layer: CPU float32, dense ``nn.Linear`` or K-matrix sub-layers,
-``nn.LayerNorm`` norms. Anything else (int8 sub-layers, other dtypes or devices, no compiled
-extension) decodes with the reference step, after one log line per reason.
+whether the op covers the layer: CPU float32; dense ``nn.Linear``, K-matrix or int8
+(``--int8-dense``: ``torch.ao.nn.quantized.dynamic.Linear``, qint8) sub-layers; ``nn.LayerNorm``
+norms. Anything else (other sub-layer types, dtypes or devices, no compiled extension) decodes
+with the reference step, after one log line per reason.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 
 import torch
 from torch import Tensor, nn
+from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
 
 from .._extension import has_kernel
 from ..kmatrix.layer import KaleidoscopeLinear
@@ -37,11 +39,12 @@ def has_fused_decoder_step() -> bool:
 class FusedDecoderStep:
     """The constant arguments of one layer's op call (weights, flags), gathered once per decoding."""
 
-    __slots__ = ("eps", "glu", "linears", "norms", "out_features", "pre", "scaling", "softmax")
+    __slots__ = ("eps", "glu", "int8_linears", "linears", "norms", "out_features", "pre", "scaling", "softmax")
 
-    def __init__(self, linears: list[Tensor | None], out_features: list[int], norms: list[Tensor], eps: float,
-                 softmax: bool, glu: bool, scaling: float, pre: bool) -> None:
-        self.linears, self.out_features, self.norms, self.eps = linears, out_features, norms, eps
+    def __init__(self, linears: list[Tensor | None], int8_linears: list[object | None], out_features: list[int],
+                 norms: list[Tensor], eps: float, softmax: bool, glu: bool, scaling: float, pre: bool) -> None:
+        self.linears, self.int8_linears, self.out_features = linears, int8_linears, out_features
+        self.norms, self.eps = norms, eps
         self.softmax, self.glu, self.scaling, self.pre = softmax, glu, scaling, pre
 
     def __call__(self, x: Tensor, state: object) -> Tensor:
@@ -51,8 +54,8 @@ class FusedDecoderStep:
         if attn is not None:
             key, value, pad = attn.key, attn.value, attn.padding_mask
         y = _OP(
-            x, self.linears, self.out_features, self.norms, self.eps, conv.ring, conv.steps, self.softmax,
-            self.glu, key, value, pad, self.scaling, self.pre,
+            x, self.linears, self.int8_linears, self.out_features, self.norms, self.eps, conv.ring, conv.steps,
+            self.softmax, self.glu, key, value, pad, self.scaling, self.pre,
         )
         conv.steps += 1
         return y
@@ -63,11 +66,19 @@ def _log_fallback(reason: str) -> None:
     logger.info("decoder layers decode with the plain-PyTorch step (%s)", reason)
 
 
-def _linear_arguments(name: str, module: nn.Module) -> tuple[Tensor, Tensor | None, int] | str:
+def _linear_arguments(name: str, module: nn.Module) -> tuple[Tensor | None, Tensor | None, object | None, int] | str:
+    """(weight, bias, int8 packed parameters, out_features) of a sub-layer, or why the op cannot run it."""
     if type(module) is nn.Linear:
-        return module.weight, module.bias, module.out_features
+        return module.weight, module.bias, None, module.out_features
     if type(module) is KaleidoscopeLinear:
-        return module.twiddle, module.bias, module.out_features
+        return module.twiddle, module.bias, None, module.out_features
+    if type(module) is Int8Linear:
+        # The op calls quantized::linear_dynamic with reduce_range=True, as the module's forward
+        # does for qint8 weights from version 4 on (older versions, float16: the reference step).
+        if module._packed_params.dtype != torch.qint8 or (module.version or 0) < 4:
+            dtype, version = module._packed_params.dtype, module.version
+            return f"sub-layer {name} is a {dtype} dynamic-quantized linear of version {version}"
+        return None, None, module._packed_params._packed_params, module.out_features
     return f"sub-layer {name} is a {type(module).__module__}.{type(module).__name__}"
 
 
@@ -76,6 +87,7 @@ def plan_fused_step(layer: nn.Module, x: Tensor, has_attention: bool) -> FusedDe
     or None (after one log line per reason) where the op does not cover it."""
     reason = _unsupported(layer, x)
     linears: list[Tensor | None] = []
+    int8_linears: list[object | None] = []
     out_features: list[int] = []
     if reason is None:
         attn = layer.encoder_attn
@@ -84,6 +96,7 @@ def plan_fused_step(layer: nn.Module, x: Tensor, has_attention: bool) -> FusedDe
         for name, module in subs.items():
             if not has_attention and name.startswith("attn"):
                 linears += [None, None]
+                int8_linears.append(None)
                 out_features.append(0)
                 continue
             args = _linear_arguments(name, module)
@@ -91,13 +104,16 @@ def plan_fused_step(layer: nn.Module, x: Tensor, has_attention: bool) -> FusedDe
                 reason = args
                 break
             linears += args[:2]
-            out_features.append(args[2])
+            int8_linears.append(args[2])
+            out_features.append(args[3])
     if reason is not None:
         _log_fallback(reason)
         return None
     norms = [layer.conv_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm]
+    if all(p is None for p in int8_linears):
+        int8_linears = []  # the op's fast check for "no int8 sub-layer"
     return FusedDecoderStep(
-        linears, out_features, [t for n in norms for t in (n.weight, n.bias)], norms[0].eps,
+        linears, int8_linears, out_features, [t for n in norms for t in (n.weight, n.bias)], norms[0].eps,
         layer.conv.weight_softmax, layer.act is not None, layer.encoder_attn.scaling, layer.normalize_before,
     )
 
@@ -121,8 +137,8 @@ def _unsupported(layer: nn.Module, x: Tensor) -> str | None:
 if _HAS_COMPILED_OP:
 
     @torch.library.register_fake("kaleidoscope::lightconv_decoder_step")
-    def _lightconv_decoder_step_fake(x, linears, out_features, norms, eps, cache, step, conv_softmax, glu, key,
-                                     value, key_padding_mask, scaling, normalize_before):
+    def _lightconv_decoder_step_fake(x, linears, int8_linears, out_features, norms, eps, cache, step, conv_softmax,
+                                     glu, key, value, key_padding_mask, scaling, normalize_before):
         if x.dim() != 2:
             raise ValueError(f"lightconv_decoder_step: x must be (batch, channels), got {tuple(x.shape)}")
         return x.new_empty(x.shape)
