@@ -7,7 +7,8 @@
 // (a beam's hypotheses share one row), the FFN, layer norms and residuals. Each linear
 // sub-layer is dense (weight of rank 2, (out, in)), a K-matrix (twiddle of rank 6, run by
 // kmatrix_linear) or int8 (packed parameters of PyTorch's dynamic quantization, run by
-// quantized::linear_dynamic as torch.ao.nn.quantized.dynamic.Linear runs them). Inference only. Plain-PyTorch meaning: LightConvDecoderLayer.step_reference
+// quantized::linear_dynamic as torch.ao.nn.quantized.dynamic.Linear runs them). Inference only.
+// Plain-PyTorch meaning: LightConvDecoderLayer.step_reference
 // (fairseq_kaleidoscope/modules/lightconv_layers.py); the same products in the same order.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -111,7 +112,8 @@ at::Tensor lightconv_decoder_step_impl(const at::Tensor& x_in, const c10::List<O
                     "lightconv_decoder_step: expected ", 2 * kSublayers, " linears (weight, bias per sub-layer) and ",
                     static_cast<int>(kSublayers), " out_features, got ", linears.size(), " and ", out_features.size());
   TORCH_CHECK_VALUE(int8_linears.empty() || int8_linears.size() == kSublayers, "lightconv_decoder_step: expected ",
-                    static_cast<int>(kSublayers), " int8_linears (one per sub-layer) or none, got ", int8_linears.size());
+                    static_cast<int>(kSublayers), " int8_linears (one per sub-layer) or none, got ",
+                    int8_linears.size());
   TORCH_CHECK_VALUE(norms.size() == 6, "lightconv_decoder_step: expected 6 layer-norm tensors, got ", norms.size());
   const Linears linear{linears, int8_linears, out_features};
   const int64_t C = x_in.size(1);
@@ -177,8 +179,8 @@ at::Tensor lightconv_decoder_step_autograd(const at::Tensor& x, const c10::List<
   {
     at::AutoGradMode no_grad(false);  // the parameters require grad; this step records nothing
     at::AutoDispatchBelowADInplaceOrView guard;
-    out = op.call(x, linears, int8_linears, out_features, norms, eps, cache, step, conv_softmax, glu, key, value, key_padding_mask,
-                  scaling, normalize_before);
+    out = op.call(x, linears, int8_linears, out_features, norms, eps, cache, step, conv_softmax, glu, key, value,
+                  key_padding_mask, scaling, normalize_before);
   }
   cache.unsafeGetTensorImpl()->bump_version();
   return out;
